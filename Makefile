@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`. Both (re)build .venv
+# from pyproject.toml when it is missing or older than pyproject.toml.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m camjax.main --config=configs/default.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# pytest exits 5 when nothing is collected; that is a failure for us only if
+# tests/ is non-empty, so it is passed through unchanged.
+test: lint
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e '.[bench]'
+	$(VENV)/bin/python bench/step_throughput.py
+
+clean:
+	rm -rf $(VENV) runs

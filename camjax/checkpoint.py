@@ -1,0 +1,113 @@
+"""All Orbax use in camjax.
+
+A run's workdir holds two CheckpointManagers with separate items
+(params, batch_stats, opt_state, meta, data):
+  checkpoints/  the last `keep` saves; a rerun of the same command resumes here
+  best/         the single best save by the validation metric
+`restore_model_variables` reads only params and batch_stats from either, so a
+refine run can start from any camjax checkpoint with a fresh optimizer.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from camjax.errors import CamjaxError
+
+TREE_ITEMS = ('params', 'batch_stats', 'opt_state')
+JSON_ITEMS = ('meta', 'data')
+LATEST_DIR, BEST_DIR = 'checkpoints', 'best'
+
+
+def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                             read_only=read_only),
+        item_names=TREE_ITEMS + JSON_ITEMS)
+
+
+def _save_args(state, meta: dict, data_state: dict | None):
+    items = {'meta': ocp.args.JsonSave(meta)}
+    if data_state is not None:
+        items['data'] = ocp.args.JsonSave(data_state)
+    for name in TREE_ITEMS:
+        tree = getattr(state, name)
+        if jax.tree.leaves(tree):  # Orbax refuses empty trees (e.g. no BatchNorm)
+            items[name] = ocp.args.StandardSave(tree)
+    return ocp.args.Composite(**items)
+
+
+class Checkpointer:
+    """Saves and restores a TrainState (a pytree with fields params,
+    batch_stats, opt_state and step) plus JSON loop and data-iterator state."""
+
+    def __init__(self, workdir: str, *, keep: int):
+        self._latest = _manager(os.path.join(workdir, LATEST_DIR), keep)
+        self._best = _manager(os.path.join(workdir, BEST_DIR), 1)
+
+    def save(self, step: int, state, *, meta: dict, data_state: dict) -> None:
+        self._latest.save(step, args=_save_args(state, meta, data_state), force=True)
+
+    def save_best(self, step: int, state, *, meta: dict) -> None:
+        self._best.save(step, args=_save_args(state, meta, None), force=True)
+
+    def restore_latest(self, abstract_state):
+        """Returns (state, meta, data_state) of the newest save, or None."""
+        step = self._latest.latest_step()
+        if step is None:
+            return None
+        return _restore_full(self._latest, step, abstract_state)
+
+    def restore_best(self, abstract_state):
+        step = self._best.latest_step()
+        return None if step is None else _restore_full(self._best, step, abstract_state)[0]
+
+    def wait(self) -> None:
+        self._latest.wait_until_finished()
+        self._best.wait_until_finished()
+
+    def close(self) -> None:
+        self._latest.close()
+        self._best.close()
+
+
+def _saved_items(manager, step) -> set[str]:
+    return set(os.listdir(os.path.join(manager.directory, str(step))))
+
+
+def _restore_full(manager, step, abstract_state):
+    saved = _saved_items(manager, step)
+    items = {n: ocp.args.StandardRestore(getattr(abstract_state, n))
+             for n in TREE_ITEMS if n in saved}
+    items.update({n: ocp.args.JsonRestore() for n in JSON_ITEMS if n in saved})
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    state = abstract_state.replace(**{n: restored[n] for n in TREE_ITEMS if n in saved})
+    return state, restored['meta'], restored.get('data')
+
+
+def restore_model_variables(path: str, step: int | None = None) -> dict:
+    """Restore only {'params', 'batch_stats'} from a camjax checkpoint.
+
+    `path` is a run's workdir (its newest save), or a `checkpoints/` or `best/`
+    directory. Arrays come back as saved, with no target structure, so the
+    caller can compare shapes against its own model. Raises CamjaxError when
+    nothing restorable is found.
+    """
+    directory = path
+    if os.path.isdir(os.path.join(path, LATEST_DIR)):
+        directory = os.path.join(path, LATEST_DIR)
+    if not os.path.isdir(directory):
+        raise CamjaxError(f'no checkpoint directory at {path!r}')
+    manager = _manager(directory, keep=1, read_only=True)
+    steps = manager.all_steps()
+    if not steps:
+        raise CamjaxError(f'no checkpoints in {directory!r}')
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise CamjaxError(f'no checkpoint for step {step} in {directory!r} (have {sorted(steps)})')
+    names = [n for n in ('params', 'batch_stats') if n in _saved_items(manager, step)]
+    restored = manager.restore(step, args=ocp.args.Composite(
+        **{n: ocp.args.StandardRestore() for n in names}))
+    return {'params': restored['params'], 'batch_stats': restored.get('batch_stats') or {}}

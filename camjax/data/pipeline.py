@@ -1,0 +1,82 @@
+"""grain input pipelines that yield global batches sharded on the ('data',) mesh.
+
+Each process reads its own share of a split (see sources.py), batches
+`global_batch / process_count` examples, and the per-process batches become one
+global jax.Array with `jax.make_array_from_process_local_data`.
+"""
+
+import math
+
+import grain
+import jax
+import numpy as np
+
+from camjax.data.transforms import random_crop_flip, to_rgb
+
+
+def _global(local_batch: dict, sharding) -> dict:
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
+                        local_batch)
+
+
+def _read_options(cfg):
+    return grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch)
+
+
+class TrainBatches:
+    """Endless, seeded, augmented global training batches.
+
+    Shuffled with a new order every epoch; augmentation randomness is a
+    function of (seed, position), so the stream is a pure function of the seed
+    and `get_state()` -- a small dict saved with each checkpoint -- restores it
+    exactly.
+    """
+
+    def __init__(self, source, *, cfg, global_batch: int, seed: int, sharding):
+        local_batch = global_batch // jax.process_count()
+
+        def augment(example, rng):
+            image = to_rgb(example['image'], cfg.image_size)
+            image = random_crop_flip(image, rng, padding=cfg.crop_padding, flip=cfg.random_flip)
+            return {'image': image, 'label': np.int32(example['label'])}
+
+        dataset = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+                   .random_map(augment).batch(local_batch, drop_remainder=True))
+        self._iterator = iter(dataset.to_iter_dataset(_read_options(cfg)))
+        self._sharding = sharding
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return _global(next(self._iterator), self._sharding)
+
+    def get_state(self) -> dict:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._iterator.set_state(state)
+
+
+def eval_batches(source, *, cfg, global_batch: int, global_size: int, sharding):
+    """Every example of `source` exactly once, in order, as global batches with a
+    'mask' that is 0 on padding. All processes yield the same number of batches,
+    as a collective step over the mesh requires."""
+    process_count = jax.process_count()
+    local_batch = global_batch // process_count
+    num_batches = math.ceil(math.ceil(global_size / process_count) / local_batch)
+    size = len(source)
+    pad = {'image': np.zeros((cfg.image_size, cfg.image_size, 3), np.uint8),
+           'label': np.int32(0), 'mask': np.float32(0)}
+
+    def load(index):
+        if index >= size:
+            return pad
+        example = source[index]
+        return {'image': to_rgb(example['image'], cfg.image_size),
+                'label': np.int32(example['label']), 'mask': np.float32(1)}
+
+    dataset = (grain.MapDataset.range(num_batches * local_batch).map(load)
+               .batch(local_batch))
+    for batch in dataset.to_iter_dataset(_read_options(cfg)):
+        yield _global(batch, sharding)

@@ -1,0 +1,112 @@
+"""camjax command line: `python -m camjax.main --config=configs/<name>.py
+[--workdir=DIR] [--config.field=value ...]`.
+
+Parses and validates the config, opens the data, writes `config.json` into the
+workdir (default runs/<config stem>), then runs `config.mode`. Any problem the
+user can fix is one line on stderr and exit status 2, before anything is
+written.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from camjax.errors import CamjaxError, ConfigError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
+                                lock_config=False)
+flags.DEFINE_string('workdir', None, 'Run directory; defaults to runs/<config stem>.')
+
+
+def fail(message: str) -> None:
+    print(f'camjax: error: {message}', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _one_line(text: str) -> str:
+    return ' '.join(str(text).split())
+
+
+def parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(f'bad flag: {_one_line(e)}')
+    except Exception as e:  # config files may raise anything while loading  # noqa: BLE001
+        fail(f'could not load config: {type(e).__name__}: {_one_line(e)}')
+
+
+def default_workdir(config_path: str) -> str:
+    stem = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
+    return os.path.join('runs', stem)
+
+
+def config_to_json(config) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def prepare_workdir(workdir: str, config) -> None:
+    """Create the workdir and write config.json. A workdir that already holds a
+    different config is refused, so no earlier run's files are overwritten."""
+    path = os.path.join(workdir, 'config.json')
+    text = config_to_json(config)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        new = json.loads(text)
+        if old != new:
+            diff = _first_difference(old, new)
+            raise CamjaxError(f'{workdir} holds a run with a different config ({diff}); '
+                              'rerun with the same config to resume, or pick another --workdir')
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+def _first_difference(old, new, prefix='') -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f'{prefix}{key}.')
+    return f'{prefix.rstrip(".")}: {old!r} -> {new!r}'
+
+
+def run(config, workdir: str) -> None:
+    import jax
+
+    from camjax import config_schema, parallel
+    from camjax.data import open_splits
+
+    parallel.maybe_initialize_distributed()
+    config_schema.validate(config, num_devices=jax.device_count())
+    splits = open_splits(config.dataset, process_index=jax.process_index(),
+                         process_count=jax.process_count())
+    prepare_workdir(workdir, config)
+    if config.mode == 'train':
+        from camjax.train import train_and_evaluate
+        train_and_evaluate(config, workdir, splits)
+
+
+def main(argv):
+    # Orbax and grain log every save/restore at INFO; progress lines are ours.
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    if FLAGS.config is None:
+        fail('--config is required, e.g. --config=configs/default.py')
+    workdir = FLAGS.workdir or default_workdir(FLAGS['config'].config_filename)
+    try:
+        run(FLAGS.config, workdir)
+    except ConfigError as e:
+        fail(f'config: {e}')
+    except CamjaxError as e:
+        fail(str(e))
+
+
+if __name__ == '__main__':
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,40 @@
+"""Classification metrics as per-batch sums (on device) and their summary
+(on host). Sums make exact averages over padded, sharded eval batches."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def topk_correct(*, logits, labels, k: int):
+    """(B,) float: 1 where `labels` is among the k highest `logits` (B,K)."""
+    k = min(k, logits.shape[-1])
+    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    # Rank = number of classes scoring strictly higher; ties count in our favour.
+    rank = jnp.sum(logits > label_logit, axis=-1)
+    return (rank < k).astype(jnp.float32)
+
+
+def classification_sums(*, logits, labels, weights, num_classes: int) -> dict:
+    """Per-batch sums: count, top1, top5, and per-class correct / count (K,)."""
+    top1 = topk_correct(logits=logits, labels=labels, k=1) * weights
+    onehot = jax.nn.one_hot(labels, num_classes) * weights[:, None]
+    return {'count': jnp.sum(weights), 'top1': jnp.sum(top1),
+            'top5': jnp.sum(topk_correct(logits=logits, labels=labels, k=5) * weights),
+            'class_correct': top1 @ onehot, 'class_count': jnp.sum(onehot, axis=0)}
+
+
+def summarize(sums: dict) -> dict:
+    """Host-side summary of accumulated sums. Keys 'loss*' hold count-weighted
+    sums and become means; per-class accuracy is NaN for a class with no examples."""
+    count = float(sums['count'])
+    out = {'count': int(count), 'accuracy': float(sums['top1']) / count,
+           'top5_accuracy': float(sums['top5']) / count}
+    for key, value in sums.items():
+        if key.startswith('loss'):
+            out[key] = float(value) / count
+    class_count = np.asarray(sums['class_count'], np.float64)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        per_class = np.asarray(sums['class_correct'], np.float64) / class_count
+    out['per_class_accuracy'] = [None if np.isnan(a) else float(a) for a in per_class]
+    return out

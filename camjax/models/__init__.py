@@ -1,0 +1,49 @@
+"""Model registry: a config names a model, `build_model` makes it.
+
+Every model is a flax linen Module with fields `num_classes` plus its own
+hyperparameters, called as `model.apply(variables, images, train=...)` and
+returning `(logits (B,K), features (B,H,W,C))`.
+"""
+
+import dataclasses
+import functools
+
+from camjax.models.layers import CLASSIFIER, CONV_IMPLS, cam_head
+from camjax.models.linear import SoftmaxRegression
+from camjax.models.resnet import IMAGENET_STAGES, CifarResNet, ImageNetResNet
+from camjax.models.vgg import VGGGap
+
+__all__ = ['CLASSIFIER', 'CONV_IMPLS', 'cam_head', 'MODELS', 'build_model', 'model_fields']
+
+
+def _imagenet_resnet(depth):
+    stages, bottleneck = IMAGENET_STAGES[depth]
+    return functools.partial(ImageNetResNet, stage_sizes=stages, bottleneck=bottleneck)
+
+
+MODELS = {
+    'linear': SoftmaxRegression,
+    'resnet8': functools.partial(CifarResNet, depth=8),
+    'resnet20': functools.partial(CifarResNet, depth=20),
+    'resnet56': functools.partial(CifarResNet, depth=56),
+    'resnet110': functools.partial(CifarResNet, depth=110),
+    **{f'resnet{d}_imagenet': _imagenet_resnet(d) for d in (18, 50, 101, 152)},
+    'vgg16_gap': VGGGap,
+}
+
+
+def _module_class(name):
+    factory = MODELS[name]
+    return factory.func if isinstance(factory, functools.partial) else factory
+
+
+def model_fields(name: str) -> set[str]:
+    """Hyperparameters a config may set for model `name` (besides num_classes)."""
+    cls = _module_class(name)
+    return {f.name for f in dataclasses.fields(cls) if f.init} - {'parent', 'name', 'num_classes'}
+
+
+def build_model(name: str, *, num_classes: int, **kwargs):
+    if name not in MODELS:
+        raise KeyError(f'unknown model {name!r}; registered: {sorted(MODELS)}')
+    return MODELS[name](num_classes=num_classes, **kwargs)

@@ -1,0 +1,39 @@
+"""Building blocks shared by every camjax model.
+
+Every model ends in `CamHead`, so `logits = mean_hw(features) @ W + b` holds by
+construction and a CAM `M = features @ W` is computable from the model output
+and `params['classifier']` alone.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Parameter-tree name of the CAM classifier; losses and analyses locate W, b here.
+CLASSIFIER = 'classifier'
+CONV_IMPLS = ('xla', 'fast')
+
+
+def conv_class(impl: str):
+    """The convolution module for `impl`: 'xla' (flax nn.Conv) or 'fast'.
+
+    'fast' has the same parameter tree as nn.Conv and is exact to 1e-5; it only
+    changes how the weight gradient is computed (see fast_conv.py).
+    """
+    if impl == 'xla':
+        return nn.Conv
+    if impl == 'fast':
+        from camjax.models.fast_conv import FastConv
+        return FastConv
+    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}')
+
+
+def cam_head(features, num_classes: int):
+    """GAP + linear classifier, called inside a model's compact `__call__` so
+    the classifier lands at `params['classifier']` of every model.
+
+    Returns (logits (B,K), features (B,H,W,C)). The classifier runs in float32
+    even under bf16 compute, so logits and CAMs keep full precision.
+    """
+    pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
+    logits = nn.Dense(num_classes, dtype=jnp.float32, name=CLASSIFIER)(pooled)
+    return logits, features
