@@ -1,7 +1,7 @@
 """All Orbax use in camjax.
 
 A run's workdir holds two CheckpointManagers with separate items
-(params, batch_stats, opt_state, meta, data):
+(params, batch_stats, opt_state, step, meta = loop state, data = iterator state):
   checkpoints/  the last `keep` saves; a rerun of the same command resumes here
   best/         the single best save by the validation metric
 `restore_model_variables` reads only params and batch_stats from either, so a
@@ -11,12 +11,13 @@ refine run can start from any camjax checkpoint with a fresh optimizer.
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from camjax.errors import CamjaxError
 
 TREE_ITEMS = ('params', 'batch_stats', 'opt_state')
-JSON_ITEMS = ('meta', 'data')
+JSON_ITEMS = ('step', 'meta', 'data')
 LATEST_DIR, BEST_DIR = 'checkpoints', 'best'
 
 
@@ -29,7 +30,7 @@ def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.Checkpoi
 
 
 def _save_args(state, meta: dict, data_state: dict | None):
-    items = {'meta': ocp.args.JsonSave(meta)}
+    items = {'step': ocp.args.JsonSave(int(state.step)), 'meta': ocp.args.JsonSave(meta)}
     if data_state is not None:
         items['data'] = ocp.args.JsonSave(data_state)
     for name in TREE_ITEMS:
@@ -51,6 +52,8 @@ class Checkpointer:
         self._latest.save(step, args=_save_args(state, meta, data_state), force=True)
 
     def save_best(self, step: int, state, *, meta: dict) -> None:
+        if step in self._best.all_steps():
+            return  # a resumed run replaying this step: the saved state is the same
         self._best.save(step, args=_save_args(state, meta, None), force=True)
 
     def restore_latest(self, abstract_state):
@@ -83,7 +86,9 @@ def _restore_full(manager, step, abstract_state):
              for n in TREE_ITEMS if n in saved}
     items.update({n: ocp.args.JsonRestore() for n in JSON_ITEMS if n in saved})
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    state = abstract_state.replace(**{n: restored[n] for n in TREE_ITEMS if n in saved})
+    state = abstract_state.replace(
+        step=jax.device_put(np.int32(restored['step']), abstract_state.step.sharding),
+        **{n: restored[n] for n in TREE_ITEMS if n in saved})
     return state, restored['meta'], restored.get('data')
 
 

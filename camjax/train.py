@@ -164,7 +164,7 @@ def train_and_evaluate(config, workdir: str, splits: Splits, *,
 
     `stop_after_steps` ends this invocation after that many steps without any
     extra save, as a kill would (used to test resumption).
-    Returns the last eval record.
+    Returns (final TrainState, last eval record or None).
     """
     cfg_t, cfg_d = config.train, config.dataset
     mesh = parallel.make_mesh()
@@ -238,11 +238,13 @@ def train_and_evaluate(config, workdir: str, splits: Splits, *,
         if stop_after_steps is not None and steps_this_run >= stop_after_steps and not done:
             ckpt.wait()
             ckpt.close()
-            return last_record
+            return state, last_record
     ckpt.wait()
-    final = _final_test_of_best(ckpt, state, eval_step, splits, cfg_d, cfg_t, mesh, meta, log)
+    if steps_this_run:
+        last_record = _final_test_of_best(ckpt, state, eval_step, splits, cfg_d, cfg_t, mesh,
+                                          meta, log) or last_record
     ckpt.close()
-    return final or last_record
+    return state, last_record
 
 
 def _update_selection(meta, record, cfg_t, ckpt, state, step):

@@ -61,12 +61,16 @@ def _tfds_builder(kind, arg, cfg, data_dir):
     if kind == 'synthetic':
         from camjax.data import synthetic
         return synthetic.prepare(data_dir, image_size=cfg.image_size, **cfg.synthetic)
-    builder = tfds.builder(arg, data_dir=data_dir)
+    hint = (f'prepare it with `tfds build {arg} --data_dir={data_dir} '
+            "--file_format=array_record` (pip install '.[prepare]' if its builder needs "
+            'TensorFlow)')
+    try:
+        builder = tfds.builder(arg, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise CamjaxError(f'dataset tfds:{arg} is not prepared under {data_dir} and TFDS '
+                          f'has no builder for it; {hint}') from None
     if not builder.is_prepared():
-        raise CamjaxError(
-            f'dataset tfds:{arg} is not prepared under {data_dir}; prepare it with '
-            f'`tfds build {arg} --data_dir={data_dir} --file_format=array_record` '
-            "(pip install '.[prepare]' if its builder needs TensorFlow)")
+        raise CamjaxError(f'dataset tfds:{arg} is not prepared under {data_dir}; {hint}')
     if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
         raise CamjaxError(f'dataset tfds:{arg} is stored as {builder.info.file_format.value}; '
                           'camjax reads array_record (rebuild with --file_format=array_record)')

@@ -1,0 +1,50 @@
+"""Shared fixtures: a session-wide TFDS data dir for the synthetic dataset and
+a small, fast config built on the real schema."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='session', autouse=True)
+def data_dir(tmp_path_factory):
+    """Every test prepares synthetic data here, never in the user's cache."""
+    path = str(tmp_path_factory.mktemp('tfds'))
+    os.environ['CAMJAX_DATA_DIR'] = path
+    return path
+
+
+def small_config(**overrides):
+    """A config that trains in seconds: 32px synthetic images, a narrow ResNet-8."""
+    from camjax.config_schema import base_config
+    config = base_config()
+    config.dataset.image_size = 32
+    config.dataset.synthetic.num_train = 480
+    config.dataset.synthetic.num_test = 120
+    config.dataset.num_threads = 1
+    config.model = dict(name='resnet8', width=8)
+    config.train.batch_size = 32
+    config.train.eval_batch_size = 64
+    config.train.num_steps = 8
+    config.train.log_every = 4
+    config.train.eval_every = 4
+    config.train.checkpoint_every = 2
+    config.optimizer.learning_rate = 0.05
+    for path, value in overrides.items():
+        node = config
+        *parents, leaf = path.split('.')
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def run_cli(*args, env=None, timeout=600):
+    """Run `python -m camjax.main ARGS` from the repo root; returns CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, '-m', 'camjax.main', *args], cwd=ROOT,
+                          capture_output=True, text=True, env=full_env, timeout=timeout)

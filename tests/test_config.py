@@ -1,0 +1,111 @@
+"""Config validation, and the CLI's handling of bad input: one line on stderr,
+exit status 2, and no workdir written."""
+
+import os
+
+import ml_collections
+import pytest
+from conftest import run_cli, small_config
+
+from camjax.config_schema import base_config, validate
+from camjax.errors import ConfigError
+
+
+def _error(config, num_devices=1):
+    with pytest.raises(ConfigError) as info:
+        validate(config, num_devices=num_devices)
+    return str(info.value)
+
+
+def test_valid_configs_pass():
+    validate(base_config(), num_devices=1)
+    validate(small_config(), num_devices=8)
+
+
+def test_unknown_key_is_named():
+    config = base_config()
+    config.train.bogus = 1
+    assert "'train.bogus'" in _error(config)
+    config = base_config()
+    config.model.widht = 3
+    assert "model.'widht'" in _error(config)
+
+
+def _retyped(section, key, value):
+    """A config file that builds its own dict can put any type anywhere."""
+    raw = base_config().to_dict()
+    raw[section][key] = value
+    return ml_collections.ConfigDict(raw)
+
+
+def test_wrong_type_is_named():
+    assert 'train.batch_size must be of type int' in _error(_retyped('train', 'batch_size', '1'))
+    assert 'dataset.random_flip must be of type bool' in _error(
+        _retyped('dataset', 'random_flip', 1))
+    assert 'must be a config group' in _error(_retyped('dataset', 'synthetic', 3))
+
+
+def test_registry_names():
+    config = base_config()
+    config.model.name = 'nope'
+    assert "model.name='nope' is not a registered model" in _error(config)
+    config = base_config()
+    config.dataset.name = 'hub:foo'
+    assert 'dataset.name' in _error(config)
+    config = base_config()
+    config.loss = (dict(name='crossentropy'),)
+    assert "loss[0].name='crossentropy' is not a registered loss term" in _error(config)
+    config = base_config()
+    config.loss = (dict(name='cross_entropy', smoothing=0.1),)
+    assert "loss[0].'smoothing'" in _error(config)
+
+
+def test_batch_must_divide_device_count():
+    config = base_config()
+    config.train.batch_size = 100
+    assert 'not divisible by the device count 8' in _error(config, num_devices=8)
+
+
+def test_out_of_range_values():
+    for field, value, expect in [('dataset.val_fraction', 1.0, 'val_fraction'),
+                                 ('optimizer.learning_rate', 0.0, 'learning_rate'),
+                                 ('optimizer.schedule', 'linear', 'schedule'),
+                                 ('train.keep_checkpoints', 0, 'keep_checkpoints')]:
+        section, key = field.split('.')
+        config = base_config()
+        config[section][key] = value
+        assert expect in _error(config)
+
+
+CLI_CASES = {
+    'unknown key': ['--config.train.bogus=1'],
+    'unknown model': ['--config.model.name=nope'],
+    'batch not divisible': ['--config.train.batch_size=7'],
+    'missing imagefolder': ['--config.dataset.name=imagefolder:/does/not/exist'],
+    'wrong type': ['--config.train.batch_size=many'],
+}
+
+
+@pytest.mark.parametrize('case', sorted(CLI_CASES))
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
+    workdir = tmp_path / 'run'
+    result = run_cli('--config=configs/default.py', f'--workdir={workdir}', *CLI_CASES[case],
+                     # 2 forced CPU devices make an odd batch indivisible.
+                     env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith('camjax: error:'), result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr
+    assert not os.path.exists(workdir)
+
+
+def test_cli_refuses_a_workdir_holding_another_config(tmp_path):
+    workdir = tmp_path / 'run'
+    workdir.mkdir()
+    (workdir / 'config.json').write_text('{"seed": 123}')
+    result = run_cli('--config=configs/default.py', f'--workdir={workdir}',
+                     '--config.dataset.synthetic.num_train=64',
+                     '--config.dataset.synthetic.num_test=16')
+    assert result.returncode == 2
+    assert 'holds a run with a different config' in result.stderr
+    assert (workdir / 'config.json').read_text() == '{"seed": 123}'

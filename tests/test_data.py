@@ -1,0 +1,175 @@
+"""Sources, splits and grain pipelines: determinism, resumable iterator state,
+exact eval coverage, per-process sharding, imagefolder and generic TFDS."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from conftest import small_config
+from PIL import Image
+
+from camjax import parallel
+from camjax.data import TrainBatches, eval_batches, open_splits
+from camjax.data.sources import ImageFolderSource
+from camjax.errors import CamjaxError
+
+
+@pytest.fixture(scope='module')
+def splits():
+    return open_splits(small_config().dataset)
+
+
+def _train_batches(splits, seed=0, cfg=None):
+    cfg = cfg or small_config().dataset
+    return TrainBatches(splits.train, cfg=cfg, global_batch=32, seed=seed,
+                        sharding=parallel.batch_sharded(parallel.make_mesh()))
+
+
+def _labels_of(source):
+    return np.array([int(source[i]['label']) for i in range(len(source))])
+
+
+def test_validation_is_carved_from_train(splits):
+    assert splits.sizes == {'train': 432, 'val': 48, 'test': 120}
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (432, 48, 120)
+    train_images = {splits.train[i]['image'].tobytes() for i in range(len(splits.train))}
+    assert not any(splits.val[i]['image'].tobytes() in train_images
+                   for i in range(len(splits.val)))
+    assert splits.num_classes == len(splits.class_names) >= 10
+
+
+def test_train_batches_are_seeded_and_augmented(splits):
+    a, b, c = _train_batches(splits, 0), _train_batches(splits, 0), _train_batches(splits, 1)
+    batch_a, batch_b, batch_c = next(a), next(b), next(c)
+    assert batch_a['image'].shape == (32, 32, 32, 3) and batch_a['image'].dtype == np.uint8
+    assert batch_a['label'].dtype == np.int32
+    np.testing.assert_array_equal(batch_a['image'], batch_b['image'])
+    assert not np.array_equal(batch_a['image'], batch_c['image'])
+    # Augmentation changes pixels: no training image equals its stored source image.
+    stored = {splits.train[i]['image'].tobytes() for i in range(len(splits.train))}
+    changed = sum(np.asarray(img).tobytes() not in stored for img in np.asarray(batch_a['image']))
+    assert changed >= 24
+
+
+def test_epochs_are_reshuffled_and_cover_the_split(splits):
+    cfg = small_config().dataset
+    cfg.crop_padding, cfg.random_flip = 0, False
+    batches = _train_batches(splits, cfg=cfg)
+    per_epoch = len(splits.train) // 32  # 13 full batches; batches run across epochs
+
+    def images(n):
+        return [img.tobytes() for _ in range(n) for img in np.asarray(next(batches)['image'])]
+
+    stored = {splits.train[i]['image'].tobytes() for i in range(len(splits.train))}
+    first = images(per_epoch)
+    assert len(set(first)) == len(first) == per_epoch * 32  # no repeats within an epoch
+    assert set(first) <= stored
+    rest_of_epoch = stored - set(first)
+    second = images(per_epoch)
+    assert set(second[:len(rest_of_epoch)]) == rest_of_epoch  # epoch 1 finishes first
+    assert second[len(rest_of_epoch):] != first[:len(second) - len(rest_of_epoch)]  # reshuffled
+
+
+def test_iterator_state_restores_the_exact_stream(splits):
+    batches = _train_batches(splits)
+    for _ in range(3):
+        next(batches)
+    state = batches.get_state()
+    expected = [np.asarray(next(batches)['image']) for _ in range(2)]
+    resumed = _train_batches(splits)
+    resumed.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(np.asarray(next(resumed)['image']), want)
+
+
+def test_eval_batches_cover_every_example_once(splits):
+    cfg = small_config().dataset
+    sharding = parallel.batch_sharded(parallel.make_mesh())
+    batches = list(eval_batches(splits.test, cfg=cfg, global_batch=48,
+                                global_size=splits.sizes['test'], sharding=sharding))
+    assert len(batches) == 3  # 120 examples in batches of 48
+    masks = np.concatenate([np.asarray(b['mask']) for b in batches])
+    labels = np.concatenate([np.asarray(b['label']) for b in batches])
+    assert masks.sum() == 120 and masks[:120].all() and not masks[120:].any()
+    np.testing.assert_array_equal(labels[:120], _labels_of(splits.test))
+
+
+def test_per_process_shards_are_disjoint_and_complete():
+    cfg = small_config().dataset
+    shards = [open_splits(cfg, process_index=i, process_count=2) for i in range(2)]
+    for split in ('train', 'val', 'test'):
+        parts = [getattr(s, split) for s in shards]
+        assert abs(len(parts[0]) - len(parts[1])) <= 1
+        assert len(parts[0]) + len(parts[1]) == shards[0].sizes[split]
+        seen = [{p[i]['image'].tobytes() for i in range(len(p))} for p in parts]
+        assert not seen[0] & seen[1]
+
+
+def _write_folder(root, split, classes=('cat', 'dog', 'eel'), per_class=5, size=12):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / split / c).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / split / c / f'{i}.png')
+
+
+def test_imagefolder_splits(tmp_path):
+    _write_folder(tmp_path, 'train')
+    _write_folder(tmp_path, 'test', per_class=2)
+    cfg = small_config(**{'dataset.name': f'imagefolder:{tmp_path}',
+                          'dataset.val_fraction': 0.2}).dataset
+    s = open_splits(cfg)
+    assert s.class_names == ('cat', 'dog', 'eel')
+    assert s.sizes == {'train': 12, 'val': 3, 'test': 6}
+    assert s.test[0]['image'].shape == (12, 12, 3)
+    # The carve is a seeded permutation, not the last class's files.
+    assert len(set(_labels_of(s.val))) > 1 or len(s.val) < 2
+    batch = next(TrainBatches(s.train, cfg=cfg, global_batch=4, seed=0,
+                              sharding=parallel.batch_sharded(parallel.make_mesh())))
+    assert batch['image'].shape == (4, 32, 32, 3)  # resized to dataset.image_size
+
+
+def test_imagefolder_corrupt_image_names_the_file(tmp_path):
+    _write_folder(tmp_path, 'train', per_class=1)
+    _write_folder(tmp_path, 'test', per_class=1)
+    bad = tmp_path / 'train' / 'dog' / '0.png'
+    bad.write_bytes(b'not a png at all')
+    source = ImageFolderSource([str(bad)], [0])
+    with pytest.raises(CamjaxError, match=f'corrupt image {bad}'):
+        source[0]
+
+
+class TinyDigits(tfds.core.GeneratorBasedBuilder):
+    """A stand-in for any TFDS image+label dataset prepared as array_record."""
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(10, 10, 1), encoding_format='png'),
+            'label': tfds.features.ClassLabel(names=['zero', 'one'])}))
+
+    def _split_generators(self, dl_manager):
+        return {'train': self._generate_examples(20), 'test': self._generate_examples(6)}
+
+    def _generate_examples(self, n):
+        import io
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((10, 10), 12 * i, np.uint8)).save(buf, format='PNG')
+            yield i, {'image': buf.getvalue(), 'label': i % 2}
+
+
+def test_generic_tfds_dataset(tmp_path):
+    TinyDigits(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
+    cfg = small_config(**{'dataset.name': 'tfds:tiny_digits', 'dataset.data_dir': str(tmp_path),
+                          'dataset.val_fraction': 0.25}).dataset
+    s = open_splits(cfg)
+    assert s.sizes == {'train': 15, 'val': 5, 'test': 6}
+    assert s.class_names == ('zero', 'one')
+    batch = next(eval_batches(s.test, cfg=cfg, global_batch=8, global_size=6,
+                              sharding=parallel.batch_sharded(parallel.make_mesh())))
+    assert batch['image'].shape == (8, 32, 32, 3)  # grayscale 10x10 -> RGB 32x32
+    missing = small_config(**{'dataset.name': 'tfds:never_prepared_ds',
+                              'dataset.data_dir': str(tmp_path)}).dataset
+    with pytest.raises(CamjaxError, match='not prepared'):
+        open_splits(missing)

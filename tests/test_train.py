@@ -1,0 +1,139 @@
+"""The training system end to end: data parallelism, bit-identical resume,
+early stopping with the best checkpoint kept, and the offline default."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+from conftest import ROOT, run_cli, small_config
+
+from camjax.checkpoint import restore_model_variables
+from camjax.data import open_splits
+from camjax.runlog import read_records
+from camjax.train import train_and_evaluate
+
+DATA_PARALLEL_SCRIPT = r'''
+import jax, numpy as np, optax
+from camjax import objectives, parallel
+from camjax.models import build_model
+from camjax.train import init_state, make_train_step
+
+model = build_model('resnet8', num_classes=12, width=8)  # BatchNorm: global batch stats
+objective = objectives.build_objective((dict(name='cross_entropy'),))
+tx = optax.sgd(0.1, momentum=0.9)
+rng = np.random.default_rng(0)
+batch = {'image': rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+         'label': rng.integers(0, 12, 16).astype(np.int32)}
+
+def run(devices):
+    mesh = parallel.make_mesh(devices)
+    state = init_state(model, tx, seed=0, image_size=16, mesh=mesh)
+    step = make_train_step(model, objective, tx, mean=(0.5,) * 3, std=(0.25,) * 3, mesh=mesh)
+    sharded = jax.device_put(batch, parallel.batch_sharded(mesh))
+    assert len(sharded['image'].sharding.device_set) == len(devices)
+    losses = []
+    for _ in range(3):
+        state, metrics = step(state, sharded)
+        losses.append(float(metrics['loss']))
+    return losses, jax.device_get((state.params, state.batch_stats))
+
+assert jax.device_count() == 4
+one_losses, one_state = run(jax.devices()[:1])
+four_losses, four_state = run(jax.devices())
+np.testing.assert_allclose(four_losses, one_losses, atol=1e-5)
+for a, b in zip(jax.tree.leaves(four_state), jax.tree.leaves(one_state), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+print('max loss diff', max(abs(a - b) for a, b in zip(one_losses, four_losses)))
+'''
+
+
+def test_four_devices_match_one_device():
+    env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+    result = subprocess.run([sys.executable, '-c', DATA_PARALLEL_SCRIPT], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'max loss diff' in result.stdout
+
+
+def _tree_equal(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    if len(leaves_a) != len(leaves_b):
+        return False
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(leaves_a, leaves_b, strict=True))
+
+
+def _train_records(workdir):
+    return [(r['step'], r['loss']) for r in read_records(workdir) if r['kind'] == 'train']
+
+
+def test_resume_is_bit_identical(tmp_path):
+    config = small_config(**{'train.num_steps': 10, 'train.log_every': 1,
+                             'train.checkpoint_every': 2, 'train.eval_every': 5})
+    splits = open_splits(config.dataset)
+    straight, _ = train_and_evaluate(config, str(tmp_path / 'straight'), splits)
+
+    interrupted = str(tmp_path / 'interrupted')
+    partial, _ = train_and_evaluate(config, interrupted, splits, stop_after_steps=5)
+    assert int(partial.step) == 5 and not _tree_equal(partial.params, straight.params)
+    resumed, _ = train_and_evaluate(config, interrupted, splits)  # newest checkpoint: step 4
+
+    assert int(resumed.step) == int(straight.step) == 10
+    for field in ('params', 'batch_stats', 'opt_state'):
+        assert _tree_equal(getattr(resumed, field), getattr(straight, field)), field
+    # Step 5 ran twice (killed after the step-4 save); every logged loss matches.
+    want = dict(_train_records(str(tmp_path / 'straight')))
+    got = _train_records(interrupted)
+    assert [s for s, _ in got] == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]
+    assert all(loss == want[step] for step, loss in got)
+    assert any(r['kind'] == 'resume' and r['step'] == 4 for r in read_records(interrupted))
+    # A rerun of a finished run changes nothing.
+    again, _ = train_and_evaluate(config, interrupted, splits)
+    assert _tree_equal(again.params, straight.params)
+
+
+def test_linear_model_early_stops_and_keeps_best(tmp_path):
+    config = small_config(**{'model': {'name': 'linear'}, 'train.num_steps': 0,
+                             'train.num_epochs': 40.0, 'train.eval_every': 0,
+                             'train.checkpoint_every': 0, 'train.early_stopping_patience': 2,
+                             'train.log_every': 0, 'optimizer.learning_rate': 0.02,
+                             'optimizer.schedule': 'constant', 'dataset.crop_padding': 0})
+    workdir = str(tmp_path / 'linear')
+    splits = open_splits(config.dataset)
+    state, best = train_and_evaluate(config, workdir, splits)
+    evals = [r for r in read_records(workdir) if r['kind'] == 'eval']
+    steps_per_epoch = 432 // 32
+    assert best['kind'] == 'best' and best['stopped_early']
+    assert int(state.step) < 40 * steps_per_epoch  # stopped before the budget
+    val = [r['val']['accuracy'] for r in evals]
+    assert best['val_score'] == max(val)
+    best_index = val.index(max(val))
+    assert evals[best_index]['step'] == best['step']
+    assert len(evals) - 1 - best_index == 2  # exactly `patience` evals without improvement
+    assert best['test']['accuracy'] == evals[best_index]['test']['accuracy']
+    assert best['test']['accuracy'] > 2 / splits.num_classes  # chance is 1/12
+    kept = restore_model_variables(os.path.join(workdir, 'best'))
+    assert np.asarray(kept['params']['classifier']['kernel']).shape == (32 * 32 * 3, 12)
+
+
+def test_default_config_trains_offline_within_ten_minutes(tmp_path):
+    """Acceptance: the README's demo command on the embedded synthetic dataset."""
+    workdir = tmp_path / 'default'
+    start = time.perf_counter()
+    result = run_cli('--config=configs/default.py', f'--workdir={workdir}', timeout=900)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_records(str(workdir))
+    final_eval = [r for r in records if r['kind'] == 'eval'][-1]
+    best = [r for r in records if r['kind'] == 'best'][-1]
+    print(f'default: {elapsed:.0f}s, final test acc {final_eval["test"]["accuracy"]:.4f}, '
+          f'best-by-val test acc {best["test"]["accuracy"]:.4f}')
+    assert elapsed < 600
+    assert best['test']['accuracy'] > 0.6  # chance is 1/12
+    assert len(final_eval['test']['per_class_accuracy']) == 12
+    config = json.loads((workdir / 'config.json').read_text())
+    assert config['model']['name'] == 'resnet8'
