@@ -149,6 +149,7 @@ class Plan:
 
 
 def _fresh_meta() -> dict:
+    """Loop state saved with every checkpoint (the 'meta' item)."""
     return {'step': 0, 'best_score': None, 'best_step': None, 'evals_since_best': 0,
             'stopped_early': False}
 
@@ -158,121 +159,140 @@ def _format_terms(values: dict) -> str:
                     if k.startswith('loss/'))
 
 
-def train_and_evaluate(config, workdir: str, splits: Splits, *,
-                       stop_after_steps: int | None = None) -> dict:
-    """Train `config` in `workdir`, resuming from its newest checkpoint.
+class Run:
+    """Everything one training run builds from its config, and the loop."""
 
-    `stop_after_steps` ends this invocation after that many steps without any
-    extra save, as a kill would (used to test resumption).
-    Returns (final TrainState, last eval record or None).
-    """
-    cfg_t, cfg_d = config.train, config.dataset
-    mesh = parallel.make_mesh()
-    plan = Plan.from_config(cfg_t, splits.sizes['train'])
-    schedule = optim.make_schedule(config.optimizer, total_steps=plan.total_steps,
-                                   steps_per_epoch=plan.steps_per_epoch)
-    tx = optim.make_optimizer(config.optimizer, schedule)
-    model = build_model(config.model.name, num_classes=splits.num_classes,
-                        **model_kwargs(config.model))
-    objective = objectives.build_objective(config.loss)
-    norm = {'mean': tuple(cfg_d.mean), 'std': tuple(cfg_d.std)}
-    train_step = make_train_step(model, objective, tx, mesh=mesh, **norm)
-    eval_step = make_eval_step(model, objective, num_classes=splits.num_classes, mesh=mesh,
-                               **norm)
+    def __init__(self, config, workdir: str, splits: Splits):
+        self.cfg_t, self.cfg_d, self.splits = config.train, config.dataset, splits
+        self.mesh = parallel.make_mesh()
+        self.plan = Plan.from_config(self.cfg_t, splits.sizes['train'])
+        self.schedule = optim.make_schedule(config.optimizer, total_steps=self.plan.total_steps,
+                                            steps_per_epoch=self.plan.steps_per_epoch)
+        tx = optim.make_optimizer(config.optimizer, self.schedule)
+        model = build_model(config.model.name, num_classes=splits.num_classes,
+                            **model_kwargs(config.model))
+        objective = objectives.build_objective(config.loss)
+        norm = {'mean': tuple(self.cfg_d.mean), 'std': tuple(self.cfg_d.std), 'mesh': self.mesh}
+        self.train_step = make_train_step(model, objective, tx, **norm)
+        self.eval_step = make_eval_step(model, objective, num_classes=splits.num_classes, **norm)
+        self.initial_state = init_state(model, tx, seed=config.seed,
+                                        image_size=self.cfg_d.image_size, mesh=self.mesh)
+        self.batches = TrainBatches(splits.train, cfg=self.cfg_d,
+                                    global_batch=self.cfg_t.batch_size, seed=config.seed,
+                                    sharding=parallel.batch_sharded(self.mesh))
+        self.ckpt = Checkpointer(workdir, keep=self.cfg_t.keep_checkpoints)
+        self.log = RunLog(workdir)
 
-    state = init_state(model, tx, seed=config.seed, image_size=cfg_d.image_size, mesh=mesh)
-    batches = TrainBatches(splits.train, cfg=cfg_d, global_batch=cfg_t.batch_size,
-                           seed=config.seed, sharding=parallel.batch_sharded(mesh))
-    ckpt = Checkpointer(workdir, keep=cfg_t.keep_checkpoints)
-    log = RunLog(workdir)
-    meta = _fresh_meta()
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-        state, meta, data_state = restored
-        batches.set_state(data_state)
-        log.write({'kind': 'resume', 'step': meta['step']})
-        log.print(f'resumed from step {meta["step"]} in {workdir}')
+    def evaluate_split(self, state, split: str) -> dict:
+        return evaluate(self.eval_step, state, eval_batches(
+            getattr(self.splits, split), cfg=self.cfg_d, global_batch=self.cfg_t.eval_batch_size,
+            global_size=self.splits.sizes[split], sharding=parallel.batch_sharded(self.mesh)))
 
-    def run_eval(step):
-        record = {'kind': 'eval', 'step': step, 'epoch': step / plan.steps_per_epoch}
+    def eval_record(self, state, step: int) -> dict:
+        record = {'kind': 'eval', 'step': step, 'epoch': step / self.plan.steps_per_epoch}
         for split in ('val', 'test'):
-            source = getattr(splits, split)
-            if source is not None:
-                record[split] = evaluate(eval_step, state, eval_batches(
-                    source, cfg=cfg_d, global_batch=cfg_t.eval_batch_size,
-                    global_size=splits.sizes[split], sharding=parallel.batch_sharded(mesh)))
-        log.write(record)
-        log.print(f'eval step {step}: ' + ' | '.join(
+            if getattr(self.splits, split) is not None:
+                record[split] = self.evaluate_split(state, split)
+        self.log.write(record)
+        self.log.print(f'eval step {step}: ' + ' | '.join(
             f'{s} acc {record[s]["accuracy"]:.4f} loss {record[s]["loss"]:.4f}'
             for s in ('val', 'test') if s in record))
         return record
 
-    done = meta['stopped_early'] or meta['step'] >= plan.total_steps
-    if done:
-        log.print(f'{workdir} is already complete at step {meta["step"]}')
-    speed = Throughput(meta['step'])
-    window, last_record, steps_this_run = None, None, 0
-    while not done:
-        state, step_metrics = train_step(state, next(batches))
-        step = meta['step'] = meta['step'] + 1
-        steps_this_run += 1
-        window = step_metrics if window is None else jax.tree.map(jnp.add, window,
-                                                                  step_metrics)
-        window_len = (step - 1) % cfg_t.log_every + 1 if cfg_t.log_every else 0
-        if cfg_t.log_every and (step % cfg_t.log_every == 0 or step == plan.total_steps):
-            means = {k: float(v) / window_len for k, v in jax.device_get(window).items()}
-            window = None
-            images_per_s, eta = speed.tick(step, batch_size=cfg_t.batch_size,
-                                           total_steps=plan.total_steps)
-            log.write({'kind': 'train', 'step': step, 'lr': float(schedule(step - 1)),
-                       'images_per_s': images_per_s, **means})
-            log.print(f'step {step}/{plan.total_steps} | loss {means["loss"]:.4f} '
-                      f'({_format_terms(means)}) | acc {means["accuracy"]:.3f} | '
-                      f'{images_per_s:.0f} img/s | ETA {format_duration(eta)}')
-        if step % plan.eval_every == 0 or step == plan.total_steps:
-            last_record = run_eval(step)
-            _update_selection(meta, last_record, cfg_t, ckpt, state, step)
-        done = meta['stopped_early'] or step >= plan.total_steps
-        if done or step % plan.checkpoint_every == 0:
-            ckpt.save(step, state, meta=meta, data_state=batches.get_state())
-        if stop_after_steps is not None and steps_this_run >= stop_after_steps and not done:
-            ckpt.wait()
-            ckpt.close()
-            return state, last_record
-    ckpt.wait()
-    if steps_this_run:
-        last_record = _final_test_of_best(ckpt, state, eval_step, splits, cfg_d, cfg_t, mesh,
-                                          meta, log) or last_record
-    ckpt.close()
-    return state, last_record
+    def update_selection(self, meta: dict, record: dict, state, step: int) -> None:
+        """Keep the best checkpoint by validation (never test); early-stop on patience."""
+        if 'val' not in record:
+            return
+        score = record['val'][self.cfg_t.selection_metric]
+        if meta['best_score'] is None or score > meta['best_score']:
+            meta.update(best_score=score, best_step=step, evals_since_best=0)
+            self.ckpt.save_best(step, state, meta=dict(meta))
+            return
+        meta['evals_since_best'] += 1
+        patience = self.cfg_t.early_stopping_patience
+        if patience and meta['evals_since_best'] >= patience:
+            meta['stopped_early'] = True
+
+    def test_best(self, state, meta: dict) -> dict | None:
+        """Evaluate the best-by-validation checkpoint on test, once, at the end."""
+        if meta['best_step'] is None:
+            return None
+        self.ckpt.wait()
+        test = self.evaluate_split(self.ckpt.restore_best(state), 'test')
+        record = {'kind': 'best', 'step': meta['best_step'], 'val_score': meta['best_score'],
+                  'stopped_early': meta['stopped_early'], 'test': test}
+        self.log.write(record)
+        self.log.print(f'best checkpoint: step {meta["best_step"]} (val '
+                       f'{self.cfg_t.selection_metric} {meta["best_score"]:.4f}) -> test '
+                       f'accuracy {test["accuracy"]:.4f}'
+                       + (' [early stopped]' if meta['stopped_early'] else ''))
+        return record
+
+    def log_window(self, window: dict, step: int, speed: Throughput) -> None:
+        steps_in_window = (step - 1) % self.cfg_t.log_every + 1
+        means = {k: float(v) / steps_in_window for k, v in jax.device_get(window).items()}
+        total = self.plan.total_steps
+        images_per_s, eta = speed.tick(step, batch_size=self.cfg_t.batch_size,
+                                       total_steps=total)
+        self.log.write({'kind': 'train', 'step': step, 'lr': float(self.schedule(step - 1)),
+                        'images_per_s': images_per_s, **means})
+        self.log.print(f'step {step}/{total} | loss {means["loss"]:.4f} '
+                       f'({_format_terms(means)}) | acc {means["accuracy"]:.3f} | '
+                       f'{images_per_s:.0f} img/s | ETA {format_duration(eta)}')
+
+    def resume(self):
+        """(state, meta) from the newest checkpoint, or fresh ones."""
+        restored = self.ckpt.restore_latest(self.initial_state)
+        if restored is None:
+            return self.initial_state, _fresh_meta()
+        state, meta, data_state = restored
+        self.batches.set_state(data_state)
+        self.log.write({'kind': 'resume', 'step': meta['step']})
+        self.log.print(f'resumed from step {meta["step"]}')
+        return state, meta
+
+    def loop(self, stop_after_steps: int | None):
+        state, meta = self.resume()
+        cfg_t, plan = self.cfg_t, self.plan
+        done = meta['stopped_early'] or meta['step'] >= plan.total_steps
+        if done:
+            self.log.print(f'run is already complete at step {meta["step"]}')
+        speed = Throughput(meta['step'])
+        window, record, steps_this_run = None, None, 0
+        while not done:
+            state, step_metrics = self.train_step(state, next(self.batches))
+            step = meta['step'] = meta['step'] + 1
+            steps_this_run += 1
+            # Summed on device: no host sync until the window is logged.
+            window = step_metrics if window is None else jax.tree.map(jnp.add, window,
+                                                                      step_metrics)
+            if cfg_t.log_every and (step % cfg_t.log_every == 0 or step == plan.total_steps):
+                self.log_window(window, step, speed)
+                window = None
+            if step % plan.eval_every == 0 or step == plan.total_steps:
+                record = self.eval_record(state, step)
+                self.update_selection(meta, record, state, step)
+            done = meta['stopped_early'] or step >= plan.total_steps
+            if done or step % plan.checkpoint_every == 0:
+                self.ckpt.save(step, state, meta=meta, data_state=self.batches.get_state())
+            if stop_after_steps is not None and steps_this_run >= stop_after_steps:
+                return state, record
+        if steps_this_run:
+            record = self.test_best(state, meta) or record
+        return state, record
 
 
-def _update_selection(meta, record, cfg_t, ckpt, state, step):
-    """Keep the best checkpoint by validation (never test); early-stop on patience."""
-    if 'val' not in record:
-        return
-    score = record['val'][cfg_t.selection_metric]
-    if meta['best_score'] is None or score > meta['best_score']:
-        meta.update(best_score=score, best_step=step, evals_since_best=0)
-        ckpt.save_best(step, state, meta=dict(meta))
-        return
-    meta['evals_since_best'] += 1
-    if cfg_t.early_stopping_patience and \
-            meta['evals_since_best'] >= cfg_t.early_stopping_patience:
-        meta['stopped_early'] = True
+def train_and_evaluate(config, workdir: str, splits: Splits, *,
+                       stop_after_steps: int | None = None):
+    """Train `config` in `workdir`, resuming from its newest checkpoint.
 
-
-def _final_test_of_best(ckpt, state, eval_step, splits, cfg_d, cfg_t, mesh, meta, log):
-    if meta['best_step'] is None:
-        return None
-    best_state = ckpt.restore_best(state)
-    test = evaluate(eval_step, best_state, eval_batches(
-        splits.test, cfg=cfg_d, global_batch=cfg_t.eval_batch_size,
-        global_size=splits.sizes['test'], sharding=parallel.batch_sharded(mesh)))
-    record = {'kind': 'best', 'step': meta['best_step'], 'val_score': meta['best_score'],
-              'stopped_early': meta['stopped_early'], 'test': test}
-    log.write(record)
-    log.print(f'best checkpoint: step {meta["best_step"]} (val {cfg_t.selection_metric} '
-              f'{meta["best_score"]:.4f}) -> test accuracy {test["accuracy"]:.4f}'
-              + (' [early stopped]' if meta['stopped_early'] else ''))
-    return record
+    `stop_after_steps` ends this invocation after that many steps without any
+    extra save, as a kill would (used to test resumption).
+    Returns (final TrainState, last eval or best-checkpoint record, or None).
+    """
+    run = Run(config, workdir, splits)
+    try:
+        return run.loop(stop_after_steps)
+    finally:
+        run.ckpt.wait()  # never leave a half-written save behind, even on errors
+        run.ckpt.close()

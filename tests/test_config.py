@@ -5,7 +5,7 @@ import os
 
 import ml_collections
 import pytest
-from conftest import run_cli, small_config
+from conftest import ROOT, run_cli, small_config
 
 from camjax.config_schema import base_config, validate
 from camjax.errors import ConfigError
@@ -109,3 +109,37 @@ def test_cli_refuses_a_workdir_holding_another_config(tmp_path):
     assert result.returncode == 2
     assert 'holds a run with a different config' in result.stderr
     assert (workdir / 'config.json').read_text() == '{"seed": 123}'
+
+
+def test_cli_corrupt_image_is_one_line_and_keeps_the_workdir(tmp_path):
+    from PIL import Image
+    root = tmp_path / 'folder'
+    for split in ('train', 'test'):
+        for c in ('a', 'b'):
+            (root / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.new('RGB', (8, 8), (40 * i, 0, 0)).save(root / split / c / f'{i}.png')
+    (root / 'train' / 'b' / '2.png').write_bytes(b'garbage')
+    workdir = tmp_path / 'run'
+    result = run_cli('--config=configs/default.py', f'--workdir={workdir}',
+                     f'--config.dataset.name=imagefolder:{root}', '--config.dataset.image_size=8',
+                     '--config.dataset.val_fraction=0.0', '--config.model.width=4',
+                     '--config.train.batch_size=12', '--config.train.num_steps=3')
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('camjax: error: corrupt image') and '2.png' in last
+    assert 'Traceback' not in result.stderr
+    assert (workdir / 'config.json').exists()  # what was written stays
+
+
+@pytest.mark.parametrize('path', sorted(os.listdir(os.path.join(ROOT, 'configs'))))
+def test_every_shipped_config_validates(path, monkeypatch):
+    """No config in configs/ rots: each loads and passes the schema (paths to
+    data that is not on this machine are the only thing allowed to differ)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, 'configs', path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    monkeypatch.setattr('camjax.data.check_dataset_name', lambda name: None)
+    validate(config, num_devices=1)

@@ -1,0 +1,29 @@
+"""ImageNet ResNet-50 (He et al. 2016) from TFDS imagenet2012 prepared as
+array_record, for a multi-GPU box or a TPU pod: batch 256 (global), lr 0.1 /10
+every 30 epochs, 90 epochs, weight decay 1e-4, bf16 compute."""
+
+from camjax.config_schema import base_config
+
+
+def get_config():
+    config = base_config()
+    config.dataset.name = 'tfds:imagenet2012'
+    config.dataset.test_split = 'validation'
+    config.dataset.val_fraction = 0.01
+    config.dataset.image_size = 224
+    config.dataset.crop_padding = 0  # images are resized to 224; flip only
+    config.dataset.mean = (0.485, 0.456, 0.406)
+    config.dataset.std = (0.229, 0.224, 0.225)
+    config.dataset.num_threads = 16
+    config.dataset.prefetch = 8
+    config.model = dict(name='resnet50_imagenet', dtype='bfloat16')
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.nesterov = False
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.schedule = 'step'
+    config.optimizer.step_epochs = (30.0, 60.0)
+    config.train.batch_size = 256
+    config.train.eval_batch_size = 512
+    config.train.num_epochs = 90.0
+    config.train.log_every = 100
+    return config
