@@ -20,7 +20,7 @@ from camjax import metrics as metrics_lib
 from camjax import objectives, optim, parallel
 from camjax.checkpoint import Checkpointer
 from camjax.data import Splits, TrainBatches, eval_batches, normalize_images
-from camjax.models import CLASSIFIER, build_model
+from camjax.models import CLASSIFIER, build_model, init_variables
 from camjax.runlog import RunLog, Throughput, format_duration
 
 
@@ -42,7 +42,7 @@ def model_kwargs(model_cfg) -> dict:
 def init_state(model, tx, *, seed: int, image_size: int, mesh) -> TrainState:
     """Fresh state, replicated on the mesh. Identical on every process (same seed)."""
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = model.init(jax.random.key(seed), dummy, train=False)
+    variables = init_variables(model, jax.random.key(seed), dummy)
     params = variables['params']
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        batch_stats=variables.get('batch_stats', {}),

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from camjax.models import CLASSIFIER, MODELS, build_model, model_fields
+from camjax.models import CLASSIFIER, MODELS, build_model, init_variables, model_fields
 
 
 def _params_count(tree):
@@ -15,15 +15,13 @@ def _params_count(tree):
 @pytest.mark.parametrize('name,size,kwargs', [
     ('linear', 8, {}),
     ('resnet8', 32, {'width': 8}),
-    ('resnet20', 32, {}),
-    ('resnet18_imagenet', 64, {'width': 8}),
-    ('resnet50_imagenet', 64, {'width': 8}),
-    ('vgg16_gap', 32, {'batch_norm': True}),
+    ('resnet50_imagenet', 32, {'width': 4, 'stage_sizes': (1, 1, 1, 1)}),
+    ('vgg16_gap', 32, {'batch_norm': True, 'layers': (8, 'M', 16), 'extra_conv': 32}),
 ])
 def test_logits_are_gap_of_features_through_classifier(name, size, kwargs):
     model = build_model(name, num_classes=7, **kwargs)
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
-    variables = jax.jit(model.init)(jax.random.key(1), x)
+    variables = init_variables(model, jax.random.key(1), x)
     logits, features = jax.jit(model.apply)(variables, x)
     assert logits.shape == (2, 7) and features.ndim == 4
     w = variables['params'][CLASSIFIER]['kernel']
@@ -61,8 +59,9 @@ def test_feature_resolution():
 def test_batchnorm_updates_only_in_train_mode():
     model = build_model('resnet8', num_classes=3, width=4)
     x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3)) * 3 + 1
-    variables = model.init(jax.random.key(1), x)
-    _, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    variables = init_variables(model, jax.random.key(1), x)
+    _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
+        variables, x)
     before = jax.tree.leaves(variables['batch_stats'])
     after = jax.tree.leaves(updates['batch_stats'])
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
@@ -71,8 +70,8 @@ def test_batchnorm_updates_only_in_train_mode():
 def test_bfloat16_compute_keeps_float32_logits_and_params():
     model = build_model('resnet8', num_classes=3, width=4, dtype='bfloat16')
     x = jnp.ones((2, 16, 16, 3))
-    variables = model.init(jax.random.key(0), x)
-    logits, features = model.apply(variables, x)
+    variables = init_variables(model, jax.random.key(0), x)
+    logits, features = jax.jit(model.apply)(variables, x)
     assert features.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables['params']))
 
