@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.keep_checkpoints = 3
     t.early_stopping_patience = 0  # evals without val improvement before stopping; 0 disables
     t.selection_metric = 'accuracy'  # val metric that picks the best checkpoint (higher is better)
+    t.eval_negative_cam_k = 5     # evals report the peakiness of the top-k negative CAMs; 0 = off
     return c
 
 
@@ -152,7 +153,8 @@ def validate(config, *, num_devices: int) -> None:
     for field in ('batch_size', 'eval_batch_size'):
         _require(t[field] % num_devices == 0,
                  f'train.{field}={t[field]} is not divisible by the device count {num_devices}')
-    for field in ('log_every', 'eval_every', 'checkpoint_every', 'early_stopping_patience'):
+    for field in ('log_every', 'eval_every', 'checkpoint_every', 'early_stopping_patience',
+                  'eval_negative_cam_k'):
         _require(t[field] >= 0, f'train.{field} must be >= 0, got {t[field]}')
     _require(t.keep_checkpoints >= 1, 'train.keep_checkpoints must be >= 1')
     _require(t.early_stopping_patience == 0 or d.val_fraction > 0,

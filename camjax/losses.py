@@ -45,3 +45,157 @@ def binary_logistic_loss(*, logits, labels):
 def l2_penalty(*, params, lam: float):
     """`lam / 2 * sum ||w||^2` over every leaf; its gradient adds `lam * w`."""
     return 0.5 * lam * sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
+
+
+# =============================================================================
+# Homogeneous Negative CAM (HNC): Sun et al., "Fixing Localization Errors to
+# Improve Image Classification" ("HNC paper").
+# =============================================================================
+def top_negative_classes(*, logits, positives, k: int):
+    """The k highest-scoring negative classes of each example.
+
+    Args:
+      logits: (B, K) scores used for ranking.
+      positives: (B, K) bool; True for the ground-truth class (single-label) or
+        every positive class (multi-label). Positives are never selected.
+      k: number of negatives to select, k <= K - 1.
+    Returns:
+      classes: (B, k) int32 indices, highest logit first.
+      valid: (B, k) bool; False for slots beyond an example's number of
+        negatives (possible only in multi-label data). Those slots hold
+        arbitrary indices and must be masked out of the loss.
+    The selection is under stop_gradient: it picks which maps are regularized,
+    it is not itself differentiated.
+    """
+    logits = jax.lax.stop_gradient(logits)
+    masked = jnp.where(positives, -jnp.inf, logits)
+    _, classes = jax.lax.top_k(masked, k)
+    num_negatives = logits.shape[-1] - jnp.sum(positives, axis=-1, keepdims=True)
+    valid = jnp.arange(k)[None, :] < num_negatives
+    return classes.astype(jnp.int32), valid
+
+
+def class_activation_maps(*, features, kernel, bias, classes):
+    """CAMs M_o = features @ W[:, o] + b[o] for the selected classes only.
+
+    Args:
+      features: (B, H, W, C) last feature maps.
+      kernel: (C, K) CAM classifier weights W.
+      bias: (K,) classifier bias (the released HNC code adds it to every map).
+      classes: (B, k) int class indices per example.
+    Returns:
+      (B, k, H, W). The columns of W are gathered first, so only k maps per
+      example are computed (never all K). mean_hw(M_o) is exactly logit o.
+    """
+    weights = jnp.take(kernel, classes, axis=1)                 # (C, B, k)
+    cams = jnp.einsum('bhwc,cbk->bkhw', features.astype(kernel.dtype), weights)
+    return cams + jnp.take(bias, classes)[:, :, None, None]
+
+
+def _valid_or_all(cams, valid):
+    return jnp.ones(cams.shape[:2], bool) if valid is None else valid
+
+
+def hnc_mse(*, cams, alpha: float = 0.0, valid=None):
+    """HNC paper, Eq. 2: the mean squared deviation of negative CAMs from alpha.
+
+    Args:
+      cams: (B, k, H, W) CAMs of the top-k negative classes.
+      alpha: target value of a homogeneous map (default 0).
+      valid: (B, k) bool, real negative slots; None means all.
+    Returns:
+      Scalar: mean over valid (example, slot) pairs and over H and W -- the
+      released code's reduction. Its gradient w.r.t. one pixel is
+      2 (M - alpha) / (n_valid * H * W) (Eq. 11 with beta = 1/HW).
+    """
+    valid = _valid_or_all(cams, valid)
+    per_slot = jnp.mean(jnp.square(cams - alpha), axis=(2, 3))  # (B, k)
+    return jnp.sum(per_slot * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def hnc_kd_per_example(*, cams, valid=None):
+    """HNC paper, Eq. 5 per example: sum over valid negatives o of
+    -mean_hw log softmax_hw(M_o). Returns (B,)."""
+    valid = _valid_or_all(cams, valid)
+    b, k = cams.shape[:2]
+    log_p = jax.nn.log_softmax(cams.reshape(b, k, -1), axis=-1)  # stable for large M
+    return jnp.sum(-jnp.mean(log_p, axis=-1) * valid, axis=-1)
+
+
+def hnc_kd(*, cams, valid=None):
+    """HNC paper, Eq. 5: distillation of each negative CAM towards a uniform map.
+
+    Args:
+      cams: (B, k, H, W) CAMs of the top-k negative classes.
+      valid: (B, k) bool, real negative slots; None means all.
+    Returns:
+      Scalar: sum over valid negatives of -mean_hw log softmax_hw(M_o),
+      averaged over the batch. Gradient w.r.t. a pixel of M_o, per example:
+      softmax_hw(M_o) - 1/HW (Eq. 12). By Proposition 1 each slot's value is
+      >= max M_o - mean M_o, so minimizing it flattens the map's peak.
+    """
+    return jnp.mean(hnc_kd_per_example(cams=cams, valid=valid))
+
+
+# =============================================================================
+# Penalties on the CAM classifier weights w_{c,k} (not the whole network).
+# =============================================================================
+PENALTY_FORMS = ('l1', 'l2', 'sign_split')
+SPLIT_NORMS = ('l1', 'l2')
+
+
+def _norm(x, kind):
+    # x * sign(x) is |x| with subgradient 0 at 0 (jnp.abs has 1), so L1 keeps
+    # exact zeros at zero -- what a sparsity study expects.
+    return jnp.sum(x * jnp.sign(x)) if kind == 'l1' else 0.5 * jnp.sum(jnp.square(x))
+
+
+def classifier_weight_penalty(*, kernel, form: str, lam: float = 0.0, lam_pos: float = 0.0,
+                              lam_neg: float = 0.0, split_norm: str = 'l1'):
+    """Penalty on the CAM classifier W (C, K) only.
+
+    form='l1': lam * sum |w|.   form='l2': lam / 2 * sum w^2.
+    form='sign_split': lam_pos * N(max(w, 0)) + lam_neg * N(max(-w, 0)) with
+      N = sum |.| (split_norm='l1') or 1/2 sum (.)^2 ('l2'): positive and
+      negative weights are penalized separately, to study how each sign shapes
+      the CAM.
+    Returns a scalar. The optimizer's network-wide weight decay is separate.
+    """
+    if form == 'l1':
+        return lam * _norm(kernel, 'l1')
+    if form == 'l2':
+        return lam * _norm(kernel, 'l2')
+    if form == 'sign_split':
+        positive = jnp.where(kernel > 0, kernel, 0.0)
+        negative = jnp.where(kernel < 0, -kernel, 0.0)
+        return lam_pos * _norm(positive, split_norm) + lam_neg * _norm(negative, split_norm)
+    raise ValueError(f'form must be one of {PENALTY_FORMS}, got {form!r}')
+
+
+# =============================================================================
+# Multi-label classification.
+# =============================================================================
+def weighted_sigmoid_ce_per_example(*, logits, labels, pos_rate):
+    """HNC paper, Eq. 8 per example: -sum_o u_o [y_o log s(z_o) + (1 - y_o)
+    log(1 - s(z_o))], u_o = exp(1 - p_o) if y_o = 1 else exp(p_o). Returns (B,)."""
+    labels = labels.astype(logits.dtype)
+    weights = jnp.where(labels > 0, jnp.exp(1.0 - pos_rate), jnp.exp(pos_rate))
+    per_class = -(labels * jax.nn.log_sigmoid(logits)
+                  + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+    return jnp.sum(weights * per_class, axis=-1)
+
+
+def weighted_sigmoid_ce(*, logits, labels, pos_rate):
+    """HNC paper, Eq. 8: weighted sigmoid cross-entropy for multi-label data.
+
+    Args:
+      logits: (B, K) scores.
+      labels: (B, K) targets in {0, 1}.
+      pos_rate: (K,) positive rate p_o of each class on the training split.
+    Returns:
+      Scalar: summed over classes, averaged over the batch. Rare classes get
+      larger weight on their positives (exp(1 - p_o)) and smaller on their
+      negatives (exp(p_o)).
+    """
+    return jnp.mean(weighted_sigmoid_ce_per_example(logits=logits, labels=labels,
+                                                    pos_rate=pos_rate))

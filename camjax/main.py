@@ -79,13 +79,14 @@ def _first_difference(old, new, prefix='') -> str:
 def run(config, workdir: str) -> None:
     import jax
 
-    from camjax import config_schema, parallel
+    from camjax import config_schema, objectives, parallel
     from camjax.data import open_splits
 
     parallel.maybe_initialize_distributed()
     config_schema.validate(config, num_devices=jax.device_count())
     splits = open_splits(config.dataset, process_index=jax.process_index(),
                          process_count=jax.process_count())
+    objectives.validate_terms(config.loss, num_classes=splits.num_classes)
     prepare_workdir(workdir, config)
     if config.mode == 'train':
         from camjax.train import train_and_evaluate

@@ -24,14 +24,18 @@ def classification_sums(*, logits, labels, weights, num_classes: int) -> dict:
             'class_correct': top1 @ onehot, 'class_count': jnp.sum(onehot, axis=0)}
 
 
+COUNT_KEYS = ('count', 'top1', 'top5', 'class_correct', 'class_count')
+
+
 def summarize(sums: dict) -> dict:
-    """Host-side summary of accumulated sums. Keys 'loss*' hold count-weighted
-    sums and become means; per-class accuracy is NaN for a class with no examples."""
+    """Host-side summary of accumulated sums. Every scalar key besides the
+    counts is a sum over examples and becomes a mean; per-class accuracy is
+    None for a class with no examples."""
     count = float(sums['count'])
     out = {'count': int(count), 'accuracy': float(sums['top1']) / count,
            'top5_accuracy': float(sums['top5']) / count}
     for key, value in sums.items():
-        if key.startswith('loss'):
+        if key not in COUNT_KEYS:
             out[key] = float(value) / count
     class_count = np.asarray(sums['class_count'], np.float64)
     with np.errstate(invalid='ignore', divide='ignore'):

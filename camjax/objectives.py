@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from camjax import losses
@@ -22,13 +23,17 @@ from camjax.errors import ConfigError
 class Term:
     """A registered loss term.
 
-    `fn(inputs, **args)` gets the ObjectiveInputs mapping (logits (B,K),
-    features (B,H,W,C), labels (B,), classifier {'kernel' (C,K), 'bias' (K,)},
-    params) and returns a (B,) per-example vector or a batch-level scalar.
+    `fn(inputs, **args)` gets the objective inputs (logits (B,K), features
+    (B,H,W,C), labels (B,), classifier {'kernel' (C,K), 'bias' (K,)}, params,
+    weights (B,) = 1 for real examples, 0 for padding) and returns a (B,)
+    per-example vector or a scalar that already accounts for `weights`.
     `defaults` lists the term's own arguments; a config may set only these.
+    `check(args, num_classes)` returns an error message for bad values, or None;
+    num_classes is None before the dataset is known.
     """
     fn: Callable[..., Any]
     defaults: Mapping[str, Any]
+    check: Callable[[Mapping[str, Any], int | None], str | None] = lambda args, k: None
 
 
 def _cross_entropy(inputs, *, label_smoothing):
@@ -36,8 +41,66 @@ def _cross_entropy(inputs, *, label_smoothing):
                                         label_smoothing=label_smoothing)
 
 
+def _negative_cams(inputs, k):
+    """CAMs (B,k,H,W) of each example's top-k negative classes, and their validity."""
+    labels, logits = inputs['labels'], inputs['logits']
+    if labels.ndim == 2:  # multi-label: every positive class is excluded
+        positives = labels > 0
+    else:
+        positives = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
+    classes, valid = losses.top_negative_classes(logits=logits, positives=positives, k=k)
+    cams = losses.class_activation_maps(features=inputs['features'],
+                                        kernel=inputs['classifier']['kernel'],
+                                        bias=inputs['classifier']['bias'], classes=classes)
+    return cams, valid
+
+
+def _hnc_mse(inputs, *, k, alpha):
+    cams, valid = _negative_cams(inputs, k)
+    real = inputs['weights'][:, None] > 0
+    return losses.hnc_mse(cams=cams, alpha=alpha, valid=valid & real)
+
+
+def _hnc_kd(inputs, *, k):
+    cams, valid = _negative_cams(inputs, k)
+    return losses.hnc_kd_per_example(cams=cams, valid=valid)
+
+
+def _check_k(args, num_classes):
+    if args['k'] < 1:
+        return f"k must be >= 1, got {args['k']}"
+    if num_classes is not None and args['k'] > num_classes - 1:
+        # k = K would select the ground-truth class too and flatten its CAM.
+        return (f"k={args['k']} exceeds the {num_classes - 1} negative classes of a "
+                f'{num_classes}-class dataset (k <= K-1)')
+    return None
+
+
+def _classifier_penalty(inputs, **args):
+    return losses.classifier_weight_penalty(kernel=inputs['classifier']['kernel'], **args)
+
+
+def _check_penalty(args, num_classes):
+    if args['form'] not in losses.PENALTY_FORMS:
+        return f"form={args['form']!r} must be one of {losses.PENALTY_FORMS}"
+    if args['split_norm'] not in losses.SPLIT_NORMS:
+        return f"split_norm={args['split_norm']!r} must be one of {losses.SPLIT_NORMS}"
+    if min(args['lam'], args['lam_pos'], args['lam_neg']) < 0:
+        return 'lam, lam_pos and lam_neg must be >= 0'
+    return None
+
+
 TERMS: dict[str, Term] = {
-    'cross_entropy': Term(_cross_entropy, {'label_smoothing': 0.0}),
+    'cross_entropy': Term(_cross_entropy, {'label_smoothing': 0.0},
+                          lambda a, k: None if 0 <= a['label_smoothing'] < 1
+                          else 'label_smoothing must be in [0, 1)'),
+    # HNC paper, Eq. 2 and Eq. 5, on the top-k negative classes.
+    'hnc_mse': Term(_hnc_mse, {'k': 10, 'alpha': 0.0}, _check_k),
+    'hnc_kd': Term(_hnc_kd, {'k': 10}, _check_k),
+    # lam defaults to 1 so that the term's `weight` is the penalty strength.
+    'classifier_penalty': Term(_classifier_penalty, {'form': 'l1', 'lam': 1.0, 'lam_pos': 1.0,
+                                                     'lam_neg': 1.0, 'split_norm': 'l1'},
+                               _check_penalty),
 }
 
 
@@ -45,8 +108,9 @@ def _term_args(term: Mapping[str, Any]) -> dict:
     return {k: v for k, v in term.items() if k not in ('name', 'weight')}
 
 
-def validate_terms(terms: Sequence[Mapping[str, Any]]) -> None:
-    """Raise ConfigError naming the first bad entry of `config.loss`."""
+def validate_terms(terms: Sequence[Mapping[str, Any]], *, num_classes: int | None = None) -> None:
+    """Raise ConfigError naming the first bad entry of `config.loss`. With
+    `num_classes`, also the checks that need the dataset (e.g. HNC's k)."""
     if not isinstance(terms, (list, tuple)) or not terms:
         raise ConfigError('loss must be a non-empty sequence of terms, e.g. '
                           "(dict(name='cross_entropy'),)")
@@ -76,6 +140,9 @@ def validate_terms(terms: Sequence[Mapping[str, Any]]) -> None:
             if type(value) is not type(defaults[key]):
                 raise ConfigError(f'{where}.{key} must be of type '
                                   f'{type(defaults[key]).__name__}, got {value!r}')
+        problem = TERMS[name].check({**defaults, **_term_args(term)}, num_classes)
+        if problem:
+            raise ConfigError(f'{where} ({name}): {problem}')
     if terms[0]['name'] != 'cross_entropy':
         raise ConfigError("loss[0] must be the classification term 'cross_entropy'")
 
@@ -91,6 +158,7 @@ def build_objective(terms: Sequence[Mapping[str, Any]]):
 
     def objective(inputs, example_weights):
         total_weight = jnp.maximum(jnp.sum(example_weights), 1.0)
+        inputs = {**inputs, 'weights': example_weights}
         values = {}
         for name, weight, args in resolved:
             value = TERMS[name].fn(inputs, **args)
@@ -100,3 +168,12 @@ def build_objective(terms: Sequence[Mapping[str, Any]]):
         return sum(values.values()), values
 
     return objective
+
+
+def negative_cam_peakiness(inputs, k: int):
+    """(B,) mean over each example's top-k negative classes of max_hw M_o -
+    mean_hw M_o: how peaked the negative CAMs are, the quantity HNC_kd bounds
+    from above (HNC paper, Proposition 1). An evaluation diagnostic."""
+    cams, valid = _negative_cams(inputs, k)
+    peak = jnp.max(cams, axis=(2, 3)) - jnp.mean(cams, axis=(2, 3))
+    return jnp.sum(peak * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)

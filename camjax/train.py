@@ -98,8 +98,11 @@ def make_train_step(model, objective, tx, *, mean, std, mesh):
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def make_eval_step(model, objective, *, num_classes: int, mean, std, mesh):
-    """Jitted `(state, batch) -> sums` over the examples with mask 1."""
+def make_eval_step(model, objective, *, num_classes: int, mean, std, mesh,
+                   negative_cam_k: int = 0):
+    """Jitted `(state, batch) -> sums` over the examples with mask 1. With
+    `negative_cam_k`, also the peakiness of the top-k negative CAMs."""
+    negative_cam_k = min(negative_cam_k, num_classes - 1)
 
     def eval_step(state: TrainState, batch: dict):
         images = normalize_images(batch['image'], mean=mean, std=std)
@@ -113,6 +116,9 @@ def make_eval_step(model, objective, *, num_classes: int, mean, std, mesh):
         count = sums['count']
         sums['loss'] = loss * count
         sums.update({f'loss/{name}': value * count for name, value in terms.items()})
+        if negative_cam_k:
+            peakiness = objectives.negative_cam_peakiness(inputs, negative_cam_k)
+            sums['neg_cam_peak_minus_mean'] = jnp.sum(peakiness * weights)
         return sums
 
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -174,7 +180,8 @@ class Run:
         objective = objectives.build_objective(config.loss)
         norm = {'mean': tuple(self.cfg_d.mean), 'std': tuple(self.cfg_d.std), 'mesh': self.mesh}
         self.train_step = make_train_step(model, objective, tx, **norm)
-        self.eval_step = make_eval_step(model, objective, num_classes=splits.num_classes, **norm)
+        self.eval_step = make_eval_step(model, objective, num_classes=splits.num_classes,
+                                        negative_cam_k=self.cfg_t.eval_negative_cam_k, **norm)
         self.initial_state = init_state(model, tx, seed=config.seed,
                                         image_size=self.cfg_d.image_size, mesh=self.mesh)
         self.batches = TrainBatches(splits.train, cfg=self.cfg_d,
