@@ -69,6 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.early_stopping_patience = 0  # evals without val improvement before stopping; 0 disables
     t.selection_metric = 'accuracy'  # val metric that picks the best checkpoint (higher is better)
     t.eval_negative_cam_k = 5     # evals report the peakiness of the top-k negative CAMs; 0 = off
+    t.init_from = ''              # camjax workdir or checkpoint dir to start from (fine-tuning)
+    t.init_from_step = -1         # -1: its newest checkpoint
     return c
 
 

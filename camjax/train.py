@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import flax
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +19,9 @@ import optax
 
 from camjax import metrics as metrics_lib
 from camjax import objectives, optim, parallel
-from camjax.checkpoint import Checkpointer
+from camjax.checkpoint import Checkpointer, restore_model_variables
 from camjax.data import Splits, TrainBatches, eval_batches, normalize_images
+from camjax.errors import CamjaxError
 from camjax.models import CLASSIFIER, build_model, init_variables
 from camjax.runlog import RunLog, Throughput, format_duration
 
@@ -48,6 +50,36 @@ def init_state(model, tx, *, seed: int, image_size: int, mesh) -> TrainState:
                        batch_stats=variables.get('batch_stats', {}),
                        opt_state=tx.init(params))
     return jax.device_put(state, parallel.replicated(mesh))
+
+
+def load_pretrained(state: TrainState, path: str, step: int | None) -> TrainState:
+    """Start from the model variables of another camjax run (fine-tuning).
+
+    Every parameter and BatchNorm statistic must match in path and shape,
+    except the CAM classifier, which is kept freshly initialized when its class
+    count differs (e.g. ImageNet -> CUB). Optimizer state starts fresh.
+    """
+    restored = restore_model_variables(path, step)
+    for name in ('params', 'batch_stats'):
+        ours = flax.traverse_util.flatten_dict(getattr(state, name), sep='/')
+        theirs = flax.traverse_util.flatten_dict(restored[name], sep='/')
+        classifier = {k for k in ours if k.startswith(CLASSIFIER + '/')}
+        keep_fresh = classifier if any(
+            k in theirs and theirs[k].shape != ours[k].shape for k in classifier) else set()
+        merged = {}
+        for key, value in ours.items():
+            if key in keep_fresh:
+                merged[key] = value
+                continue
+            if key not in theirs:
+                raise CamjaxError(f'checkpoint {path} has no {name}/{key} (model mismatch)')
+            if theirs[key].shape != value.shape:
+                raise CamjaxError(f'checkpoint {path}: {name}/{key} has shape '
+                                  f'{tuple(theirs[key].shape)}, the model needs '
+                                  f'{tuple(value.shape)}')
+            merged[key] = jax.device_put(np.asarray(theirs[key], value.dtype), value.sharding)
+        state = state.replace(**{name: flax.traverse_util.unflatten_dict(merged, sep='/')})
+    return state
 
 
 def _forward(model, params, batch_stats, images, *, train: bool):
@@ -184,6 +216,7 @@ class Run:
                                         negative_cam_k=self.cfg_t.eval_negative_cam_k, **norm)
         self.initial_state = init_state(model, tx, seed=config.seed,
                                         image_size=self.cfg_d.image_size, mesh=self.mesh)
+
         self.batches = TrainBatches(splits.train, cfg=self.cfg_d,
                                     global_batch=self.cfg_t.batch_size, seed=config.seed,
                                     sharding=parallel.batch_sharded(self.mesh))
@@ -251,7 +284,12 @@ class Run:
         """(state, meta) from the newest checkpoint, or fresh ones."""
         restored = self.ckpt.restore_latest(self.initial_state)
         if restored is None:
-            return self.initial_state, _fresh_meta()
+            state = self.initial_state
+            if self.cfg_t.init_from:  # only a fresh run starts from another run's weights
+                step = None if self.cfg_t.init_from_step < 0 else self.cfg_t.init_from_step
+                state = load_pretrained(state, self.cfg_t.init_from, step)
+                self.log.print(f'initialized from {self.cfg_t.init_from}')
+            return state, _fresh_meta()
         state, meta, data_state = restored
         self.batches.set_state(data_state)
         self.log.write({'kind': 'resume', 'step': meta['step']})

@@ -137,3 +137,39 @@ def test_default_config_trains_offline_within_ten_minutes(tmp_path):
     assert len(final_eval['test']['per_class_accuracy']) == 12
     config = json.loads((workdir / 'config.json').read_text())
     assert config['model']['name'] == 'resnet8'
+
+
+def test_fine_tune_from_another_run(tmp_path):
+    """init_from copies every weight, re-initializes a classifier of another
+    class count, and names the first mismatching parameter otherwise."""
+    import pytest
+
+    from camjax.errors import CamjaxError
+    base = small_config(**{'train.num_steps': 2, 'train.eval_every': 2, 'train.log_every': 0})
+    splits = open_splits(base.dataset)
+    source, _ = train_and_evaluate(base, str(tmp_path / 'source'), splits)
+
+    tuned = small_config(**{'train.num_steps': 1, 'train.eval_every': 1, 'train.log_every': 0,
+                            'train.init_from': str(tmp_path / 'source'),
+                            'optimizer.learning_rate': 1e-9})
+    state, _ = train_and_evaluate(tuned, str(tmp_path / 'tuned'), splits)
+    a = jax.tree.leaves(source.params['BasicBlock_0'])
+    b = jax.tree.leaves(state.params['BasicBlock_0'])
+    assert all(np.allclose(x, y, atol=1e-6) for x, y in zip(a, b, strict=True))
+
+    import optax
+
+    from camjax import parallel
+    from camjax.models import build_model
+    from camjax.train import init_state, load_pretrained
+    fewer = init_state(build_model('resnet8', num_classes=5, width=8), optax.sgd(0.1), seed=3,
+                       image_size=32, mesh=parallel.make_mesh())
+    loaded = load_pretrained(fewer, str(tmp_path / 'source'), None)
+    assert loaded.params['classifier']['kernel'].shape == (32, 5)
+    np.testing.assert_array_equal(loaded.params['classifier']['kernel'],
+                                  fewer.params['classifier']['kernel'])
+    wider = init_state(build_model('resnet8', num_classes=12, width=16), optax.sgd(0.1), seed=3,
+                       image_size=32, mesh=parallel.make_mesh())
+    with pytest.raises(CamjaxError, match=r'params/BasicBlock_0/\S+ has shape \(8,\), '
+                                          r'the model needs \(16,\)'):
+        load_pretrained(wider, str(tmp_path / 'source'), None)
