@@ -9,9 +9,13 @@ Schedule as in the paper: batch 128, lr 0.1, /10 at 32k and 48k iterations
 """
 
 from camjax.config_schema import base_config
+from camjax.config_variants import choose, smoke
+
+SMOKE = ('smoke',)
 
 
-def get_config():
+def get_config(arg=None):
+    _, is_smoke = choose(arg, {})
     config = base_config()
     config.dataset.name = 'imagefolder:data/cifar10'
     config.dataset.image_size = 32
@@ -25,4 +29,4 @@ def get_config():
     config.optimizer.step_epochs = (82.0, 123.0)
     config.train.batch_size = 128
     config.train.num_epochs = 164.0
-    return config
+    return smoke(config) if is_smoke else config

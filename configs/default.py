@@ -3,9 +3,13 @@ localization dataset with cross-entropy. Needs no download; about 3-4 minutes
 on 2 CPU cores (the dataset is generated once into ~/.cache/camjax/tfds)."""
 
 from camjax.config_schema import base_config
+from camjax.config_variants import choose, smoke
+
+SMOKE = ('smoke',)
 
 
-def get_config():
+def get_config(arg=None):
+    _, is_smoke = choose(arg, {})
     config = base_config()
     config.dataset.name = 'synthetic'
     config.dataset.image_size = 64
@@ -14,4 +18,4 @@ def get_config():
     config.optimizer.warmup_epochs = 0.5
     config.train.batch_size = 128
     config.train.num_epochs = 12.0
-    return config
+    return smoke(config) if is_smoke else config

@@ -3,9 +3,13 @@ array_record, for a multi-GPU box or a TPU pod: batch 256 (global), lr 0.1 /10
 every 30 epochs, 90 epochs, weight decay 1e-4, bf16 compute."""
 
 from camjax.config_schema import base_config
+from camjax.config_variants import choose, smoke
+
+SMOKE = ('smoke',)
 
 
-def get_config():
+def get_config(arg=None):
+    _, is_smoke = choose(arg, {})
     config = base_config()
     config.dataset.name = 'tfds:imagenet2012'
     config.dataset.test_split = 'validation'
@@ -26,4 +30,4 @@ def get_config():
     config.train.eval_batch_size = 512
     config.train.num_epochs = 90.0
     config.train.log_every = 100
-    return config
+    return smoke(config) if is_smoke else config

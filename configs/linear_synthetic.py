@@ -2,9 +2,13 @@
 with early stopping on validation accuracy and the best checkpoint kept."""
 
 from camjax.config_schema import base_config
+from camjax.config_variants import choose, smoke
+
+SMOKE = ('smoke',)
 
 
-def get_config():
+def get_config(arg=None):
+    _, is_smoke = choose(arg, {})
     config = base_config()
     config.dataset.image_size = 32
     config.dataset.crop_padding = 0
@@ -16,4 +20,4 @@ def get_config():
     config.train.batch_size = 128
     config.train.num_epochs = 60.0
     config.train.early_stopping_patience = 3
-    return config
+    return smoke(config) if is_smoke else config
