@@ -74,6 +74,15 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def imagenet_input(dataset_cfg, *, image_size: int = 224) -> None:
+    """ImageNet-style input for a config's dataset section: 224px, no crop
+    padding (resized photos; flips only) and the ImageNet channel statistics."""
+    dataset_cfg.image_size = image_size
+    dataset_cfg.crop_padding = 0
+    dataset_cfg.mean = (0.485, 0.456, 0.406)
+    dataset_cfg.std = (0.229, 0.224, 0.225)
+
+
 def _path(prefix, key):
     return f'{prefix}.{key}' if prefix else key
 

@@ -10,7 +10,7 @@ sweep); sign_split penalizes positive weights with lam_pos and negative ones
 with lam_neg.
 """
 
-from camjax.config_schema import base_config
+from camjax.config_schema import base_config, imagenet_input
 from camjax.config_variants import choose, smoke
 
 OPTIONS = {'data': ('cub', 'imagenet'), 'penalty': ('none', 'l1', 'l2', 'sign_split')}
@@ -28,10 +28,7 @@ def get_config(arg=None):
     name, batch, lr = DATA[choice['data']]
     config = base_config()
     config.dataset.name = name
-    config.dataset.image_size = 224
-    config.dataset.crop_padding = 0
-    config.dataset.mean = (0.485, 0.456, 0.406)
-    config.dataset.std = (0.229, 0.224, 0.225)
+    imagenet_input(config.dataset)
     if choice['data'] == 'imagenet':
         config.dataset.test_split = 'validation'
         config.dataset.val_fraction = 0.01

@@ -10,7 +10,7 @@ CUB is TFDS caltech_birds2011 prepared as array_record (its builder needs the
 in our issue: 100 epochs and the ImageNet ResNet-101 lambdas are the start.
 """
 
-from camjax.config_schema import base_config
+from camjax.config_schema import base_config, imagenet_input
 from camjax.config_variants import choose, smoke
 
 OPTIONS = {'loss': ('ce', 'hnc_mse', 'hnc_kd')}
@@ -21,10 +21,7 @@ def get_config(arg=None):
     choice, is_smoke = choose(arg, OPTIONS)
     config = base_config()
     config.dataset.name = 'tfds:caltech_birds2011'
-    config.dataset.image_size = 224
-    config.dataset.crop_padding = 0
-    config.dataset.mean = (0.485, 0.456, 0.406)
-    config.dataset.std = (0.229, 0.224, 0.225)
+    imagenet_input(config.dataset)
     config.model = dict(name='resnet50_imagenet')
     hnc = {'ce': (), 'hnc_mse': (dict(name='hnc_mse', weight=0.07, k=100),),
            'hnc_kd': (dict(name='hnc_kd', weight=0.0065, k=100),)}

@@ -6,7 +6,7 @@ batch 256, weight decay 1e-4.
   --config=configs/imagenet_hnc.py:resnet152,hnc_kd
 """
 
-from camjax.config_schema import base_config
+from camjax.config_schema import base_config, imagenet_input
 from camjax.config_variants import choose, smoke
 
 OPTIONS = {'model': ('resnet101', 'resnet152'), 'loss': ('ce', 'hnc_mse', 'hnc_kd')}
@@ -20,10 +20,7 @@ def get_config(arg=None):
     config.dataset.name = 'tfds:imagenet2012'
     config.dataset.test_split = 'validation'
     config.dataset.val_fraction = 0.01
-    config.dataset.image_size = 224
-    config.dataset.crop_padding = 0
-    config.dataset.mean = (0.485, 0.456, 0.406)
-    config.dataset.std = (0.229, 0.224, 0.225)
+    imagenet_input(config.dataset)
     config.dataset.num_threads = 16
     config.model = dict(name=f'{choice["model"]}_imagenet', dtype='bfloat16')
     hnc = {'ce': (), 'hnc_mse': (dict(name='hnc_mse', weight=0.07, k=100),),

@@ -2,7 +2,7 @@
 array_record, for a multi-GPU box or a TPU pod: batch 256 (global), lr 0.1 /10
 every 30 epochs, 90 epochs, weight decay 1e-4, bf16 compute."""
 
-from camjax.config_schema import base_config
+from camjax.config_schema import base_config, imagenet_input
 from camjax.config_variants import choose, smoke
 
 SMOKE = ('smoke',)
@@ -14,10 +14,7 @@ def get_config(arg=None):
     config.dataset.name = 'tfds:imagenet2012'
     config.dataset.test_split = 'validation'
     config.dataset.val_fraction = 0.01
-    config.dataset.image_size = 224
-    config.dataset.crop_padding = 0  # images are resized to 224; flip only
-    config.dataset.mean = (0.485, 0.456, 0.406)
-    config.dataset.std = (0.229, 0.224, 0.225)
+    imagenet_input(config.dataset)
     config.dataset.num_threads = 16
     config.dataset.prefetch = 8
     config.model = dict(name='resnet50_imagenet', dtype='bfloat16')
