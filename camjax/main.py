@@ -40,9 +40,11 @@ def parse_flags(argv):
         fail(f'could not load config: {type(e).__name__}: {_one_line(e)}')
 
 
-def default_workdir(config_path: str) -> str:
-    stem = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
-    return os.path.join('runs', stem)
+def default_workdir(config_arg: str) -> str:
+    """runs/<config stem>, plus the variant: configs/x.py:a,b -> runs/x_a-b."""
+    path, _, variant = config_arg.partition(':')
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join('runs', stem + (f'_{variant.replace(",", "-")}' if variant else ''))
 
 
 def config_to_json(config) -> str:

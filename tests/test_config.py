@@ -143,3 +143,10 @@ def test_every_shipped_config_validates(path, monkeypatch):
     config = module.get_config()
     monkeypatch.setattr('camjax.data.check_dataset_name', lambda name: None)
     validate(config, num_devices=1)
+
+
+def test_default_workdir_names_the_variant():
+    from camjax.main import default_workdir
+    assert default_workdir('configs/default.py') == os.path.join('runs', 'default')
+    assert default_workdir('configs/imagenet_hnc.py:resnet152,hnc_kd') == os.path.join(
+        'runs', 'imagenet_hnc_resnet152-hnc_kd')
