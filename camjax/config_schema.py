@@ -27,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.image_size = 64             # model input side; sources of another size are resized
     d.train_split = 'train'
     d.test_split = 'test'
+    d.label_key = 'label'         # tfds feature: ClassLabel, or a sequence of them (multi-label)
     d.val_fraction = 0.1          # carved from train; model selection never sees test
     d.split_seed = 0              # order of the train/val carve for imagefolder sources
     d.crop_padding = 4            # random crop after zero padding; 0 disables

@@ -33,10 +33,14 @@ def choose(arg: str | None, options: dict[str, tuple[str, ...]]) -> tuple[dict[s
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """2 training steps on 32px synthetic data with a shallow, narrow float32
     model of the same family, the same loss terms (k capped for 12 classes) and
-    the same optimizer. Checks wiring, not results."""
+    the same optimizer; multi-label configs use the synthetic attributes.
+    Checks wiring, not results."""
     d, t = config.dataset, config.train
     d.name, d.data_dir, d.image_size = 'synthetic', '', 32
     d.train_split, d.test_split = 'train', 'test'
+    # Multi-label configs train on the synthetic objects' attributes.
+    multilabel = config.loss[0]['name'] == 'weighted_sigmoid_ce'
+    d.label_key = 'attributes' if multilabel else 'label'
     d.synthetic.num_train, d.synthetic.num_test = 96, 32
     d.val_fraction, d.num_threads, d.prefetch = 0.25, 1, 2
     d.crop_padding = min(d.crop_padding, 4)

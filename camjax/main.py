@@ -88,7 +88,8 @@ def run(config, workdir: str) -> None:
     config_schema.validate(config, num_devices=jax.device_count())
     splits = open_splits(config.dataset, process_index=jax.process_index(),
                          process_count=jax.process_count())
-    objectives.validate_terms(config.loss, num_classes=splits.num_classes)
+    objectives.validate_terms(config.loss, num_classes=splits.num_classes,
+                              multilabel=splits.multilabel)
     prepare_workdir(workdir, config)
     if config.mode == 'train':
         from camjax.train import train_and_evaluate

@@ -15,8 +15,28 @@ def topk_correct(*, logits, labels, k: int):
     return (rank < k).astype(jnp.float32)
 
 
+def label_correct(*, logits, labels):
+    """Multi-label: (B,K) float, 1 where sigmoid(logit) > 0.5 agrees with the label."""
+    return ((logits > 0) == (labels > 0)).astype(jnp.float32)
+
+
+def example_accuracy(*, logits, labels):
+    """(B,) top-1 correctness, or for multi-label (B,K) labels the fraction of
+    labels predicted right."""
+    if labels.ndim == 2:
+        return jnp.mean(label_correct(logits=logits, labels=labels), axis=-1)
+    return topk_correct(logits=logits, labels=labels, k=1)
+
+
 def classification_sums(*, logits, labels, weights, num_classes: int) -> dict:
-    """Per-batch sums: count, top1, top5, and per-class correct / count (K,)."""
+    """Per-batch sums: count, top1, top5, and per-class correct / count (K,).
+    For multi-label data 'top1' sums label accuracy, the per-class entries are
+    per-class label accuracy, and there is no top5."""
+    if labels.ndim == 2:
+        correct = label_correct(logits=logits, labels=labels) * weights[:, None]
+        return {'count': jnp.sum(weights), 'top1': jnp.sum(jnp.mean(correct, axis=-1)),
+                'class_correct': jnp.sum(correct, axis=0),
+                'class_count': jnp.broadcast_to(jnp.sum(weights), (num_classes,))}
     top1 = topk_correct(logits=logits, labels=labels, k=1) * weights
     onehot = jax.nn.one_hot(labels, num_classes) * weights[:, None]
     return {'count': jnp.sum(weights), 'top1': jnp.sum(top1),
@@ -32,8 +52,9 @@ def summarize(sums: dict) -> dict:
     counts is a sum over examples and becomes a mean; per-class accuracy is
     None for a class with no examples."""
     count = float(sums['count'])
-    out = {'count': int(count), 'accuracy': float(sums['top1']) / count,
-           'top5_accuracy': float(sums['top5']) / count}
+    out = {'count': int(count), 'accuracy': float(sums['top1']) / count}
+    if 'top5' in sums:
+        out['top5_accuracy'] = float(sums['top5']) / count
     for key, value in sums.items():
         if key not in COUNT_KEYS:
             out[key] = float(value) / count

@@ -41,6 +41,11 @@ def _cross_entropy(inputs, *, label_smoothing):
                                         label_smoothing=label_smoothing)
 
 
+def _weighted_sigmoid_ce(inputs):
+    return losses.weighted_sigmoid_ce_per_example(logits=inputs['logits'], labels=inputs['labels'],
+                                                  pos_rate=inputs['pos_rate'])
+
+
 def _negative_cams(inputs, k):
     """CAMs (B,k,H,W) of each example's top-k negative classes, and their validity."""
     labels, logits = inputs['labels'], inputs['logits']
@@ -94,6 +99,8 @@ TERMS: dict[str, Term] = {
     'cross_entropy': Term(_cross_entropy, {'label_smoothing': 0.0},
                           lambda a, k: None if 0 <= a['label_smoothing'] < 1
                           else 'label_smoothing must be in [0, 1)'),
+    # HNC paper, Eq. 8: multi-label classification (Eq. 9 adds an HNC term).
+    'weighted_sigmoid_ce': Term(_weighted_sigmoid_ce, {}),
     # HNC paper, Eq. 2 and Eq. 5, on the top-k negative classes.
     'hnc_mse': Term(_hnc_mse, {'k': 10, 'alpha': 0.0}, _check_k),
     'hnc_kd': Term(_hnc_kd, {'k': 10}, _check_k),
@@ -108,9 +115,16 @@ def _term_args(term: Mapping[str, Any]) -> dict:
     return {k: v for k, v in term.items() if k not in ('name', 'weight')}
 
 
-def validate_terms(terms: Sequence[Mapping[str, Any]], *, num_classes: int | None = None) -> None:
+# The first term classifies: softmax CE for single-label data, weighted sigmoid
+# CE for multi-label data.
+CLASSIFICATION_TERMS = {False: 'cross_entropy', True: 'weighted_sigmoid_ce'}
+
+
+def validate_terms(terms: Sequence[Mapping[str, Any]], *, num_classes: int | None = None,
+                   multilabel: bool | None = None) -> None:
     """Raise ConfigError naming the first bad entry of `config.loss`. With
-    `num_classes`, also the checks that need the dataset (e.g. HNC's k)."""
+    `num_classes` and `multilabel`, also the checks that need the dataset
+    (HNC's k, the classification term matching the labels)."""
     if not isinstance(terms, (list, tuple)) or not terms:
         raise ConfigError('loss must be a non-empty sequence of terms, e.g. '
                           "(dict(name='cross_entropy'),)")
@@ -143,8 +157,14 @@ def validate_terms(terms: Sequence[Mapping[str, Any]], *, num_classes: int | Non
         problem = TERMS[name].check({**defaults, **_term_args(term)}, num_classes)
         if problem:
             raise ConfigError(f'{where} ({name}): {problem}')
-    if terms[0]['name'] != 'cross_entropy':
-        raise ConfigError("loss[0] must be the classification term 'cross_entropy'")
+    first = terms[0]['name']
+    if multilabel is None and first not in CLASSIFICATION_TERMS.values():
+        raise ConfigError(f'loss[0] must be a classification term '
+                          f'({sorted(CLASSIFICATION_TERMS.values())}), got {first!r}')
+    if multilabel is not None and first != CLASSIFICATION_TERMS[multilabel]:
+        kind = 'multi-label' if multilabel else 'single-label'
+        raise ConfigError(f'loss[0] must be {CLASSIFICATION_TERMS[multilabel]!r} for '
+                          f'{kind} data, got {first!r}')
 
 
 def build_objective(terms: Sequence[Mapping[str, Any]]):

@@ -17,6 +17,7 @@ def format_duration(seconds: float) -> str:
 
 class RunLog:
     def __init__(self, workdir: str):
+        self._workdir = workdir
         self._path = os.path.join(workdir, 'metrics.jsonl')
         self._is_writer = jax.process_index() == 0
 
@@ -24,6 +25,11 @@ class RunLog:
         if self._is_writer:
             with open(self._path, 'a') as f:
                 f.write(json.dumps(record) + '\n')
+
+    def write_json(self, name: str, payload: dict) -> None:
+        if self._is_writer:
+            with open(os.path.join(self._workdir, name), 'w') as f:
+                json.dump(payload, f, indent=2)
 
     def print(self, line: str) -> None:
         if self._is_writer:

@@ -7,7 +7,9 @@ the global batch, exactly as on one device.
 """
 
 import dataclasses
+import json
 import math
+import os
 from typing import Any
 
 import flax
@@ -92,16 +94,17 @@ def _forward(model, params, batch_stats, images, *, train: bool):
     return logits, features, batch_stats
 
 
-def _objective_inputs(logits, features, labels, params) -> dict:
+def _objective_inputs(logits, features, labels, params, pos_rate) -> dict:
     return {'logits': logits, 'features': features, 'labels': labels, 'params': params,
-            'classifier': params[CLASSIFIER]}
+            'classifier': params[CLASSIFIER], 'pos_rate': pos_rate}
 
 
 # =============================================================================
 # Steps
 # =============================================================================
-def make_train_step(model, objective, tx, *, mean, std, mesh):
-    """Jitted `(state, batch) -> (state, metrics)`; the state is donated."""
+def make_train_step(model, objective, tx, *, mean, std, mesh, pos_rate=None):
+    """Jitted `(state, batch) -> (state, metrics)`; the state is donated.
+    `pos_rate` (K,) is the training split's positive rate (multi-label only)."""
 
     def train_step(state: TrainState, batch: dict):
         images = normalize_images(batch['image'], mean=mean, std=std)
@@ -110,7 +113,7 @@ def make_train_step(model, objective, tx, *, mean, std, mesh):
         def loss_fn(params):
             logits, features, batch_stats = _forward(model, params, state.batch_stats, images,
                                                      train=True)
-            inputs = _objective_inputs(logits, features, batch['label'], params)
+            inputs = _objective_inputs(logits, features, batch['label'], params, pos_rate)
             loss, terms = objective(inputs, weights)
             return loss, (terms, batch_stats, logits)
 
@@ -118,7 +121,7 @@ def make_train_step(model, objective, tx, *, mean, std, mesh):
             loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        accuracy = jnp.mean(metrics_lib.topk_correct(logits=logits, labels=batch['label'], k=1))
+        accuracy = jnp.mean(metrics_lib.example_accuracy(logits=logits, labels=batch['label']))
         step_metrics = {'loss': loss, 'accuracy': accuracy,
                         **{f'loss/{name}': value for name, value in terms.items()}}
         new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -131,7 +134,7 @@ def make_train_step(model, objective, tx, *, mean, std, mesh):
 
 
 def make_eval_step(model, objective, *, num_classes: int, mean, std, mesh,
-                   negative_cam_k: int = 0):
+                   negative_cam_k: int = 0, pos_rate=None):
     """Jitted `(state, batch) -> sums` over the examples with mask 1. With
     `negative_cam_k`, also the peakiness of the top-k negative CAMs."""
     negative_cam_k = min(negative_cam_k, num_classes - 1)
@@ -141,7 +144,7 @@ def make_eval_step(model, objective, *, num_classes: int, mean, std, mesh,
         logits, features, _ = _forward(model, state.params, state.batch_stats, images,
                                        train=False)
         weights = batch['mask']
-        inputs = _objective_inputs(logits, features, batch['label'], state.params)
+        inputs = _objective_inputs(logits, features, batch['label'], state.params, pos_rate)
         loss, terms = objective(inputs, weights)
         sums = metrics_lib.classification_sums(logits=logits, labels=batch['label'],
                                                weights=weights, num_classes=num_classes)
@@ -210,7 +213,9 @@ class Run:
         model = build_model(config.model.name, num_classes=splits.num_classes,
                             **model_kwargs(config.model))
         objective = objectives.build_objective(config.loss)
-        norm = {'mean': tuple(self.cfg_d.mean), 'std': tuple(self.cfg_d.std), 'mesh': self.mesh}
+        self.log = RunLog(workdir)
+        norm = {'mean': tuple(self.cfg_d.mean), 'std': tuple(self.cfg_d.std), 'mesh': self.mesh,
+                'pos_rate': self._positive_rate(workdir)}
         self.train_step = make_train_step(model, objective, tx, **norm)
         self.eval_step = make_eval_step(model, objective, num_classes=splits.num_classes,
                                         negative_cam_k=self.cfg_t.eval_negative_cam_k, **norm)
@@ -221,7 +226,20 @@ class Run:
                                     global_batch=self.cfg_t.batch_size, seed=config.seed,
                                     sharding=parallel.batch_sharded(self.mesh))
         self.ckpt = Checkpointer(workdir, keep=self.cfg_t.keep_checkpoints)
-        self.log = RunLog(workdir)
+
+    def _positive_rate(self, workdir: str):
+        """Multi-label runs compute the training split's positive rates once
+        and keep them in label_stats.json, so a resumed run uses the same."""
+        if not self.splits.multilabel:
+            return None
+        path = os.path.join(workdir, 'label_stats.json')
+        if os.path.exists(path):
+            with open(path) as f:
+                return jnp.asarray(json.load(f)['positive_rate'], jnp.float32)
+        rate = [float(r) for r in self.splits.positive_rate]
+        self.log.write_json('label_stats.json', {
+            'positive_rate': rate, 'class_names': list(self.splits.class_names)})
+        return jnp.asarray(rate, jnp.float32)
 
     def evaluate_split(self, state, split: str) -> dict:
         return evaluate(self.eval_step, state, eval_batches(

@@ -37,7 +37,7 @@ def test_smoke_variant_trains_two_steps(name, arg, tmp_path):
     config = _load(os.path.join(ROOT, 'configs', name)).get_config(arg)
     validate(config, num_devices=1)
     splits = open_splits(config.dataset)
-    validate_terms(config.loss, num_classes=splits.num_classes)
+    validate_terms(config.loss, num_classes=splits.num_classes, multilabel=splits.multilabel)
     state, _ = train_and_evaluate(config, str(tmp_path), splits)
     assert int(state.step) == 2
     evals = [r for r in read_records(str(tmp_path)) if r['kind'] == 'eval']

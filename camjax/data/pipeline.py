@@ -19,6 +19,11 @@ def _global(local_batch: dict, sharding) -> dict:
                         local_batch)
 
 
+def _label(label):
+    """int32 class index, or the float32 multi-hot vector of multi-label data."""
+    return np.int32(label) if np.ndim(label) == 0 else np.asarray(label, np.float32)
+
+
 def _read_options(cfg):
     return grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch)
 
@@ -38,7 +43,7 @@ class TrainBatches:
         def augment(example, rng):
             image = to_rgb(example['image'], cfg.image_size)
             image = random_crop_flip(image, rng, padding=cfg.crop_padding, flip=cfg.random_flip)
-            return {'image': image, 'label': np.int32(example['label'])}
+            return {'image': image, 'label': _label(example['label'])}
 
         dataset = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
                    .random_map(augment).batch(local_batch, drop_remainder=True))
@@ -67,14 +72,15 @@ def eval_batches(source, *, cfg, global_batch: int, global_size: int, sharding):
     num_batches = math.ceil(math.ceil(global_size / process_count) / local_batch)
     size = len(source)
     pad = {'image': np.zeros((cfg.image_size, cfg.image_size, 3), np.uint8),
-           'label': np.int32(0), 'mask': np.float32(0)}
+           'label': np.zeros_like(_label(source[0]['label'])) if size else np.int32(0),
+           'mask': np.float32(0)}
 
     def load(index):
         if index >= size:
             return pad
         example = source[index]
         return {'image': to_rgb(example['image'], cfg.image_size),
-                'label': np.int32(example['label']), 'mask': np.float32(1)}
+                'label': _label(example['label']), 'mask': np.float32(1)}
 
     dataset = (grain.MapDataset.range(num_batches * local_batch).map(load)
                .batch(local_batch))

@@ -1,9 +1,9 @@
 """Dataset sources by name: 'synthetic', 'tfds:<name>', 'imagefolder:<dir>'.
 
 Each resolves to random-access sources (len + getitem -> {'image': uint8 HWC,
-'label': int}) for this process's share of the train, validation and test
-splits. The validation split is carved from train, so model selection never
-looks at test.
+'label': int, or a multi-hot float32 (K,) vector for multi-label data}) for
+this process's share of the train, validation and test splits. The validation
+split is carved from train, so model selection never looks at test.
 """
 
 import dataclasses
@@ -29,6 +29,10 @@ class Splits:
     class_names: tuple[str, ...]
     # Global sizes (all processes), which every process needs to agree on batch counts.
     sizes: dict
+    multilabel: bool = False
+    # Multi-label only: positive rate p_o of each class over the whole training
+    # split (HNC paper, Eq. 8), identical on every process.
+    positive_rate: np.ndarray | None = None
 
 
 def parse_dataset_name(name: str) -> tuple[str, str]:
@@ -77,6 +81,48 @@ def _tfds_builder(kind, arg, cfg, data_dir):
     return builder
 
 
+def _lookup(tree, key: str):
+    for part in key.split('/'):
+        tree = tree[part]
+    return tree
+
+
+class _Relabeled(Sequence):
+    """A TFDS source whose examples gain 'label', read from `key` and
+    converted; other features (e.g. the synthetic 'bbox') pass through."""
+
+    def __init__(self, source, key: str, to_label):
+        self._source, self._key, self._to_label = source, key, to_label
+
+    def __len__(self):
+        return len(self._source)
+
+    def __getitem__(self, index):
+        example = self._source[index]
+        return {**example, 'label': self._to_label(_lookup(example, self._key))}
+
+
+def _label_feature(features, key: str, name: str):
+    """(ClassLabel feature, multilabel) for `key`: a ClassLabel is single-label;
+    one inside a Sequence anywhere on the path (e.g. COCO's objects/label) is
+    multi-label."""
+    feature, multilabel = features, False
+    try:
+        for part in key.split('/'):
+            if isinstance(feature, tfds.features.Sequence):
+                feature, multilabel = feature.feature, True
+            feature = feature[part]
+    except (KeyError, TypeError):
+        raise CamjaxError(f'dataset {name} has no label feature {key!r} '
+                          '(set dataset.label_key)') from None
+    if isinstance(feature, tfds.features.Sequence):
+        feature, multilabel = feature.feature, True
+    if not isinstance(feature, tfds.features.ClassLabel):
+        raise CamjaxError(f'dataset {name}: feature {key!r} is neither a ClassLabel nor a '
+                          'sequence of ClassLabel')
+    return feature, multilabel
+
+
 def _tfds_splits(kind, arg, cfg, data_dir, process_index, process_count):
     builder = _tfds_builder(kind, arg, cfg, data_dir)
     features = builder.info.features
@@ -84,24 +130,39 @@ def _tfds_splits(kind, arg, cfg, data_dir, process_index, process_count):
         if split not in builder.info.splits:
             raise CamjaxError(f'dataset {cfg.name} has no split {split!r} '
                               f'(it has {sorted(builder.info.splits)})')
-    if 'image' not in features or 'label' not in features:
-        raise CamjaxError(f'dataset {cfg.name} needs features image and label, '
-                          f'has {sorted(features)}')
+    if 'image' not in features:
+        raise CamjaxError(f'dataset {cfg.name} has no image feature ({sorted(features)})')
+    label_feature, multilabel = _label_feature(features, cfg.label_key, cfg.name)
+    num_classes = label_feature.num_classes
+    if multilabel:
+        def to_label(indices):
+            return np.bincount(np.asarray(indices, np.int64), minlength=num_classes).clip(
+                0, 1).astype(np.float32)
+    else:
+        to_label = np.int32
     n = builder.info.splits[cfg.train_split].num_examples
     n_val = _carve(n, cfg.val_fraction)
     n_test = builder.info.splits[cfg.test_split].num_examples
+    train_split = f'{cfg.train_split}[:{n - n_val}]'
 
     def open_split(split):
-        return builder.as_data_source(split=tfds.split_for_jax_process(
-            split, process_index=process_index, process_count=process_count))
+        return _Relabeled(builder.as_data_source(split=tfds.split_for_jax_process(
+            split, process_index=process_index, process_count=process_count)),
+            cfg.label_key, to_label)
 
+    positive_rate = None
+    if multilabel:  # labels only: images are left encoded, so the scan is cheap
+        labels_only = builder.as_data_source(
+            split=train_split, decoders={'image': tfds.decode.SkipDecoding()})
+        positive_rate = np.mean([to_label(_lookup(labels_only[i], cfg.label_key))
+                                 for i in range(len(labels_only))], axis=0)
     return Splits(
-        train=open_split(f'{cfg.train_split}[:{n - n_val}]'),
+        train=open_split(train_split),
         val=open_split(f'{cfg.train_split}[{n - n_val}:]') if n_val else None,
         test=open_split(cfg.test_split),
-        num_classes=features['label'].num_classes,
-        class_names=tuple(features['label'].names),
-        sizes={'train': n - n_val, 'val': n_val, 'test': n_test})
+        num_classes=num_classes, class_names=tuple(label_feature.names),
+        sizes={'train': n - n_val, 'val': n_val, 'test': n_test},
+        multilabel=multilabel, positive_rate=positive_rate)
 
 
 # ---------------------------------------------------------------------------

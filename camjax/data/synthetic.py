@@ -70,6 +70,16 @@ COLOURS = {
 SHAPES = ("disk", "square", "triangle", "cross", "diamond")
 DISTRACTOR_SOLID_COLOURS = ("orange", "cyan")
 _CLASS_COLOURS = tuple(sorted({c[2] for c in CLASSES}))
+# The multi-label view (feature 'attributes', dataset.label_key='attributes'):
+# the object's colour, its shape and, if striped, 'striped' -- 2 or 3 of 11.
+ATTRIBUTE_NAMES = _CLASS_COLOURS + SHAPES + ("striped",)
+
+
+def class_attributes(label: int) -> list[int]:
+    """Indices into ATTRIBUTE_NAMES of class `label`'s colour, shape and texture."""
+    _, shape, colour, texture = CLASSES[label]
+    names = [colour, shape] + (["striped"] if texture == "striped" else [])
+    return [ATTRIBUTE_NAMES.index(n) for n in names]
 
 # Every shape fits in a disk of this radius (in units of r), even after the +-15 degree
 # rotation, so centres kept this far from the border keep objects fully inside the image.
@@ -237,8 +247,8 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
 class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     """TFDS builder 'synthetic_shapes'; pass ``config=SyntheticShapesConfig(...)``."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Multi-label 'attributes'."}
     BUILDER_CONFIGS = [SyntheticShapesConfig()]
     # Nothing is downloaded, so there are no URL checksums to look up. Without this, TFDS
     # 4.9.10 locates them via `code_path`, which lazily imports `importlib_resources`, a
@@ -255,6 +265,8 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
                     "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
                     "label": tfds.features.ClassLabel(names=CLASS_NAMES),
                     "bbox": tfds.features.Tensor(shape=(4,), dtype=np.int32),
+                    "attributes": tfds.features.Sequence(
+                        tfds.features.ClassLabel(names=ATTRIBUTE_NAMES)),
                 }
             ),
             supervised_keys=("image", "label"),
@@ -276,7 +288,8 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
                 label=label,
                 image_size=cfg.image_size,
             )
-            yield i, {"image": encode_png(img), "label": label, "bbox": bbox}
+            yield i, {"image": encode_png(img), "label": label, "bbox": bbox,
+                      "attributes": class_attributes(label)}
 
 
 def prepare(
