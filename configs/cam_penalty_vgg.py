@@ -14,7 +14,7 @@ from camjax.config_schema import base_config, imagenet_input
 from camjax.config_variants import choose, smoke
 
 OPTIONS = {'data': ('cub', 'imagenet'), 'penalty': ('none', 'l1', 'l2', 'sign_split')}
-SMOKE = ('cub,l1,smoke', 'imagenet,sign_split,smoke', 'cub,none,smoke')
+SMOKE = ('cub,l1,smoke', 'imagenet,sign_split,smoke')
 DATA = {'cub': ('tfds:caltech_birds2011', 32, 0.003), 'imagenet': ('tfds:imagenet2012', 40, 0.02)}
 PENALTY = {'none': (),
            'l1': (dict(name='classifier_penalty', weight=1e-4, form='l1'),),

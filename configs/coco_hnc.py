@@ -16,7 +16,7 @@ from camjax.config_schema import base_config, imagenet_input
 from camjax.config_variants import choose, smoke
 
 OPTIONS = {'loss': ('wsce', 'hnc_mse', 'hnc_kd')}
-SMOKE = ('wsce,smoke', 'hnc_kd,smoke')
+SMOKE = ('hnc_kd,smoke',)
 HNC = {'wsce': (), 'hnc_mse': (dict(name='hnc_mse', weight=0.07, k=10),),
        'hnc_kd': (dict(name='hnc_kd', weight=0.0065, k=10),)}
 

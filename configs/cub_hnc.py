@@ -14,7 +14,7 @@ from camjax.config_schema import base_config, imagenet_input
 from camjax.config_variants import choose, smoke
 
 OPTIONS = {'loss': ('ce', 'hnc_mse', 'hnc_kd')}
-SMOKE = ('ce,smoke', 'hnc_kd,smoke')
+SMOKE = ('hnc_mse,smoke',)
 
 
 def get_config(arg=None):

@@ -10,7 +10,8 @@ from camjax.config_schema import base_config, imagenet_input
 from camjax.config_variants import choose, smoke
 
 OPTIONS = {'model': ('resnet101', 'resnet152'), 'loss': ('ce', 'hnc_mse', 'hnc_kd')}
-SMOKE = ('resnet101,hnc_mse,smoke', 'resnet152,hnc_kd,smoke')
+# Smoke runs shrink depth, so ResNet-101 and -152 smoke runs would be identical.
+SMOKE = ('resnet152,hnc_kd,smoke',)
 KD_WEIGHT = {'resnet101': 0.0065, 'resnet152': 0.0048}
 
 
