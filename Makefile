@@ -26,6 +26,7 @@ test: lint
 bench: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 	$(VENV)/bin/python bench/step_throughput.py
+	$(VENV)/bin/python bench/loss_overhead.py
 
 clean:
 	rm -rf $(VENV) runs
