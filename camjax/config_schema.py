@@ -84,6 +84,16 @@ def imagenet_input(dataset_cfg, *, image_size: int = 224) -> None:
     dataset_cfg.std = (0.229, 0.224, 0.225)
 
 
+def imagenet2012(dataset_cfg) -> None:
+    """TFDS imagenet2012: its 'validation' split is the test set, 1% of train is
+    carved for model selection, ImageNet-style input, 16 reader threads."""
+    dataset_cfg.name = 'tfds:imagenet2012'
+    dataset_cfg.test_split = 'validation'
+    dataset_cfg.val_fraction = 0.01
+    dataset_cfg.num_threads = 16
+    imagenet_input(dataset_cfg)
+
+
 def _path(prefix, key):
     return f'{prefix}.{key}' if prefix else key
 

@@ -10,12 +10,12 @@ sweep); sign_split penalizes positive weights with lam_pos and negative ones
 with lam_neg.
 """
 
-from camjax.config_schema import base_config, imagenet_input
+from camjax.config_schema import base_config, imagenet2012, imagenet_input
 from camjax.config_variants import choose, smoke
 
 OPTIONS = {'data': ('cub', 'imagenet'), 'penalty': ('none', 'l1', 'l2', 'sign_split')}
 SMOKE = ('cub,l1,smoke', 'imagenet,sign_split,smoke')
-DATA = {'cub': ('tfds:caltech_birds2011', 32, 0.003), 'imagenet': ('tfds:imagenet2012', 40, 0.02)}
+DATA = {'cub': (32, 0.003), 'imagenet': (40, 0.02)}  # batch, learning rate
 PENALTY = {'none': (),
            'l1': (dict(name='classifier_penalty', weight=1e-4, form='l1'),),
            'l2': (dict(name='classifier_penalty', weight=1e-4, form='l2'),),
@@ -25,13 +25,13 @@ PENALTY = {'none': (),
 
 def get_config(arg=None):
     choice, is_smoke = choose(arg, OPTIONS)
-    name, batch, lr = DATA[choice['data']]
+    batch, lr = DATA[choice['data']]
     config = base_config()
-    config.dataset.name = name
-    imagenet_input(config.dataset)
     if choice['data'] == 'imagenet':
-        config.dataset.test_split = 'validation'
-        config.dataset.val_fraction = 0.01
+        imagenet2012(config.dataset)
+    else:
+        config.dataset.name = 'tfds:caltech_birds2011'
+        imagenet_input(config.dataset)
     config.model = dict(name='vgg16_gap')
     config.loss = (dict(name='cross_entropy'),) + PENALTY[choice['penalty']]
     config.optimizer.learning_rate = lr

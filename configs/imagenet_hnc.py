@@ -6,7 +6,7 @@ batch 256, weight decay 1e-4.
   --config=configs/imagenet_hnc.py:resnet152,hnc_kd
 """
 
-from camjax.config_schema import base_config, imagenet_input
+from camjax.config_schema import base_config, imagenet2012
 from camjax.config_variants import choose, smoke
 
 OPTIONS = {'model': ('resnet101', 'resnet152'), 'loss': ('ce', 'hnc_mse', 'hnc_kd')}
@@ -18,11 +18,7 @@ KD_WEIGHT = {'resnet101': 0.0065, 'resnet152': 0.0048}
 def get_config(arg=None):
     choice, is_smoke = choose(arg, OPTIONS)
     config = base_config()
-    config.dataset.name = 'tfds:imagenet2012'
-    config.dataset.test_split = 'validation'
-    config.dataset.val_fraction = 0.01
-    imagenet_input(config.dataset)
-    config.dataset.num_threads = 16
+    imagenet2012(config.dataset)
     config.model = dict(name=f'{choice["model"]}_imagenet', dtype='bfloat16')
     hnc = {'ce': (), 'hnc_mse': (dict(name='hnc_mse', weight=0.07, k=100),),
            'hnc_kd': (dict(name='hnc_kd', weight=KD_WEIGHT[choice['model']], k=100),)}

@@ -2,7 +2,7 @@
 array_record, for a multi-GPU box or a TPU pod: batch 256 (global), lr 0.1 /10
 every 30 epochs, 90 epochs, weight decay 1e-4, bf16 compute."""
 
-from camjax.config_schema import base_config, imagenet_input
+from camjax.config_schema import base_config, imagenet2012
 from camjax.config_variants import choose, smoke
 
 SMOKE = ('smoke',)
@@ -11,11 +11,7 @@ SMOKE = ('smoke',)
 def get_config(arg=None):
     _, is_smoke = choose(arg, {})
     config = base_config()
-    config.dataset.name = 'tfds:imagenet2012'
-    config.dataset.test_split = 'validation'
-    config.dataset.val_fraction = 0.01
-    imagenet_input(config.dataset)
-    config.dataset.num_threads = 16
+    imagenet2012(config.dataset)
     config.dataset.prefetch = 8
     config.model = dict(name='resnet50_imagenet', dtype='bfloat16')
     config.optimizer.learning_rate = 0.1
