@@ -11,6 +11,7 @@ refine run can start from any camjax checkpoint with a fresh optimizer.
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -30,6 +31,10 @@ def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.Checkpoi
 
 
 def _save_args(state, meta: dict, data_state: dict | None):
+    # Async saves read the arrays after save() returns, and on CPU through a
+    # zero-copy host view, while the next train step donates (reuses) the
+    # state's buffers. Saving a private copy keeps each checkpoint exact.
+    state = jax.tree.map(jnp.copy, state)
     items = {'step': ocp.args.JsonSave(int(state.step)), 'meta': ocp.args.JsonSave(meta)}
     if data_state is not None:
         items['data'] = ocp.args.JsonSave(data_state)
