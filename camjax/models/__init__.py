@@ -10,10 +10,12 @@ import functools
 
 import jax
 
+from camjax.models.alexnet import CifarAlexNet
+from camjax.models.densenet import CifarDenseNet
 from camjax.models.layers import CLASSIFIER, CONV_IMPLS, cam_head
 from camjax.models.linear import SoftmaxRegression
 from camjax.models.resnet import IMAGENET_STAGES, CifarResNet, ImageNetResNet
-from camjax.models.vgg import VGGGap
+from camjax.models.vgg import CifarVGG, VGGGap
 
 __all__ = ['CLASSIFIER', 'CONV_IMPLS', 'MODELS', 'build_model', 'cam_head', 'init_variables',
            'model_fields']
@@ -32,6 +34,11 @@ MODELS = {
     'resnet110': functools.partial(CifarResNet, depth=110),
     **{f'resnet{d}_imagenet': _imagenet_resnet(d) for d in (18, 50, 101, 152)},
     'vgg16_gap': VGGGap,
+    # CIFAR (32px) models of the LinR paper, Tables 2 and 3.
+    'vgg19': CifarVGG,
+    'vgg19_bn': functools.partial(CifarVGG, batch_norm=True),
+    'alexnet_cifar': CifarAlexNet,
+    'densenet121_cifar': CifarDenseNet,
 }
 
 
