@@ -3,6 +3,12 @@
 Each process reads its own share of a split (see sources.py), batches
 `global_batch / process_count` examples, and the per-process batches become one
 global jax.Array with `jax.make_array_from_process_local_data`.
+
+Training batches: {'image': uint8 (B,S,S,3), 'label'}. Eval batches add
+'mask' (0 on padding) and, when the source has ground-truth boxes, 'bbox':
+int32 (B, dataset.max_boxes, 4) rows (x0, y0, x1, y1), inclusive pixel indices
+in the model input resolution S = dataset.image_size, -1 rows for padding
+(boxes.py).
 """
 
 import math
@@ -11,6 +17,7 @@ import grain
 import jax
 import numpy as np
 
+from camjax.data.boxes import padded_boxes
 from camjax.data.transforms import random_crop_flip, to_rgb
 
 
@@ -74,13 +81,25 @@ def eval_batches(source, *, cfg, global_batch: int, global_size: int, sharding):
     pad = {'image': np.zeros((cfg.image_size, cfg.image_size, 3), np.uint8),
            'label': np.zeros_like(_label(source[0]['label'])) if size else np.int32(0),
            'mask': np.float32(0)}
+    # An attribute, not a peek at an example, so that every process agrees
+    # even where its share is empty.
+    has_boxes = getattr(source, 'has_boxes', None)
+    if has_boxes is None:
+        has_boxes = bool(size) and 'boxes' in source[0]
+    if has_boxes:
+        pad['bbox'] = np.full((cfg.max_boxes, 4), -1, np.int32)
 
     def load(index):
         if index >= size:
             return pad
         example = source[index]
-        return {'image': to_rgb(example['image'], cfg.image_size),
-                'label': _label(example['label']), 'mask': np.float32(1)}
+        out = {'image': to_rgb(example['image'], cfg.image_size),
+               'label': _label(example['label']), 'mask': np.float32(1)}
+        if has_boxes:
+            h, w = np.shape(example['image'])[:2]
+            out['bbox'] = padded_boxes(example['boxes'], height=h, width=w,
+                                       size=cfg.image_size, max_boxes=cfg.max_boxes)
+        return out
 
     dataset = (grain.MapDataset.range(num_batches * local_batch).map(load)
                .batch(local_batch))

@@ -1,9 +1,50 @@
-"""Dataset sources by name: 'synthetic', 'tfds:<name>', 'imagefolder:<dir>'.
+"""Dataset sources by name.
 
 Each resolves to random-access sources (len + getitem -> {'image': uint8 HWC,
-'label': int, or a multi-hot float32 (K,) vector for multi-label data}) for
-this process's share of the train, validation and test splits. The validation
-split is carved from train, so model selection never looks at test.
+'label': int, or a multi-hot float32 (K,) vector for multi-label data, and
+optionally 'boxes'}) for this process's share of the train, validation and
+test splits. The validation split is carved from train, so model selection
+never looks at test. dataset.train_split / dataset.test_split name the splits
+where a kind has named splits.
+
+Kinds (dataset.name):
+* 'synthetic': the embedded synthetic_shapes TFDS dataset (synthetic.py).
+* 'tfds:<name>': a TFDS dataset prepared as array_record; the label is
+  dataset.label_key (a ClassLabel, or a sequence of them: multi-label).
+* 'imagefolder:<dir>': ``<dir>/<split>/<class>/<image>``; classes are the
+  sorted train subdirectories.
+* 'attrfolder:<dir>': multi-label attributes (PETA, PA-100k, ...)::
+
+      <dir>/images/...          the images, in any subfolders
+      <dir>/<split>.csv         one per split, e.g. train.csv and test.csv
+
+  Each CSV has a header ``image,<attr1>,<attr2>,...`` (the 'image' column may
+  be anywhere) and rows ``relative/path.jpg,0,1,...``: a path relative to
+  ``<dir>/images`` and one 0/1 value per attribute. Train and test list the
+  same attribute columns in the same order; they are the class names.
+* 'tinyimagenet:<dir>': the Tiny ImageNet (CS231n) layout, ``<dir>`` being
+  the tiny-imagenet-200 folder (or its parent): ``wnids.txt``, ``words.txt``,
+  ``train/<wnid>/images/*.JPEG`` with ``train/<wnid>/<wnid>_boxes.txt`` (lines
+  ``file x0 y0 x1 y1``), ``val/images/*.JPEG`` with ``val/val_annotations.txt``
+  (lines ``file wnid x0 y0 x1 y1``). Tiny ImageNet's labelled 'val' set is
+  camjax's test split (its 'test' set has no labels). Classes are the sorted
+  wnids of wnids.txt, named by the first synonym in words.txt; val images of
+  classes not in wnids.txt are skipped, so editing wnids.txt makes a subset.
+
+Ground-truth boxes (see boxes.py): a source example may carry 'boxes', float32
+(M, 4) (x0, y0, x1, y1) inclusive pixel indices of the source image, and the
+source then has ``has_boxes = True``. Providers: synthetic (its one 'bbox'),
+TFDS datasets with the feature dataset.box_key (a BBoxFeature, normalized
+(ymin, xmin, ymax, xmax), or a pixel Tensor as synthetic stores), tinyimagenet,
+and imagefolder with dataset.boxes_file: a CSV named so in each split
+directory, lines ``relative/path,x0,y0,x1,y1`` (path relative to the split
+directory, several lines per image allowed, images without a line have no
+box, optional header ``image,x0,y0,x1,y1``, '#' comments). The test split's
+file must exist; the train split's is optional (validation has boxes only
+with it).
+
+Label noise (dataset.label_noise, noise.py) corrupts the training part only,
+after the validation carve; Splits.train_label_noise records it.
 """
 
 import dataclasses
@@ -12,12 +53,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
+from camjax.data import folders
+from camjax.data.boxes import normalized_to_pixels
+from camjax.data.folders import IMAGE_SUFFIXES, ImageFolderSource  # noqa: F401 (re-exported)
+from camjax.data.noise import training_label_noise
 from camjax.errors import CamjaxError, ConfigError
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
-KINDS = ('synthetic', 'tfds', 'imagefolder')
+KINDS = ('synthetic', 'tfds', 'imagefolder', 'attrfolder', 'tinyimagenet')
+_DIR_KINDS = ('imagefolder', 'attrfolder', 'tinyimagenet')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,24 +74,31 @@ class Splits:
     # Global sizes (all processes), which every process needs to agree on batch counts.
     sizes: dict
     multilabel: bool = False
-    # Multi-label only: positive rate p_o of each class over the whole training
-    # split (HNC paper, Eq. 8), identical on every process.
+    # Multi-label only: float64 positive rate p_o of each class over the whole
+    # training part, all processes (HNC paper, Eq. 8), identical on every process.
     positive_rate: np.ndarray | None = None
+    # With dataset.label_noise: {'noisy', 'original': int32 (N,), 'flipped':
+    # bool (N,)} over the whole training part (N = sizes['train'], all
+    # processes) in its global order -- TFDS: example i of train[:N], each
+    # process holding a contiguous block; file kinds: the train files in
+    # listing order, process p holding positions p::process_count. `train`
+    # yields the noisy labels; val and test stay clean.
+    train_label_noise: dict | None = None
 
 
 def parse_dataset_name(name: str) -> tuple[str, str]:
     kind, _, arg = name.partition(':')
     if kind not in KINDS or (kind == 'synthetic') == bool(arg):
-        raise ConfigError(f"dataset.name={name!r} must be 'synthetic', 'tfds:<name>' or "
-                          "'imagefolder:<dir>'")
+        raise ConfigError(f"dataset.name={name!r} must be 'synthetic', 'tfds:<name>', "
+                          "'imagefolder:<dir>', 'attrfolder:<dir>' or 'tinyimagenet:<dir>'")
     return kind, arg
 
 
 def check_dataset_name(name: str) -> None:
-    """Cheap checks that need no data read: the kind, and imagefolder paths."""
+    """Cheap checks that need no data read: the kind, and directory paths."""
     kind, arg = parse_dataset_name(name)
-    if kind == 'imagefolder' and not os.path.isdir(arg):
-        raise ConfigError(f'dataset.name: imagefolder directory {arg!r} does not exist')
+    if kind in _DIR_KINDS and not os.path.isdir(arg):
+        raise ConfigError(f'dataset.name: {kind} directory {arg!r} does not exist')
 
 
 def default_data_dir() -> str:
@@ -89,17 +140,33 @@ def _lookup(tree, key: str):
 
 class _Relabeled(Sequence):
     """A TFDS source whose examples gain 'label', read from `key` and
-    converted; other features (e.g. the synthetic 'bbox') pass through."""
+    converted (or taken from `labels`, e.g. noisy ones, by index), and
+    'boxes' from `box_key` when given; other features (e.g. the synthetic
+    'bbox') pass through."""
 
-    def __init__(self, source, key: str, to_label):
+    def __init__(self, source, key: str, to_label, *, labels=None, box_key: str = '',
+                 box_format: str = ''):
         self._source, self._key, self._to_label = source, key, to_label
+        self._labels = labels
+        self._box_key, self._box_format = box_key, box_format
+        self.has_boxes = bool(box_key)
 
     def __len__(self):
         return len(self._source)
 
     def __getitem__(self, index):
         example = self._source[index]
-        return {**example, 'label': self._to_label(_lookup(example, self._key))}
+        label = (self._to_label(_lookup(example, self._key)) if self._labels is None
+                 else self._labels[index])
+        example = {**example, 'label': label}
+        if self._box_key:
+            raw = np.asarray(_lookup(example, self._box_key))
+            if self._box_format == 'normalized':
+                h, w = np.shape(example['image'])[:2]
+                example['boxes'] = normalized_to_pixels(raw, height=h, width=w)
+            else:
+                example['boxes'] = raw.astype(np.float32).reshape(-1, 4)
+        return example
 
 
 def _label_feature(features, key: str, name: str):
@@ -123,6 +190,50 @@ def _label_feature(features, key: str, name: str):
     return feature, multilabel
 
 
+def _box_format(features, key: str, name: str) -> str:
+    """'normalized' (BBoxFeature), 'pixels' (an int/float Tensor of shape (4,)
+    or (None, 4), read as inclusive (x0, y0, x1, y1) like synthetic's 'bbox'),
+    or '' when the dataset has no feature `key` (or key is '')."""
+    if not key:
+        return ''
+    feature = features
+    try:
+        for part in key.split('/'):
+            if isinstance(feature, tfds.features.Sequence):
+                feature = feature.feature
+            feature = feature[part]
+    except (KeyError, TypeError):
+        return ''
+    if isinstance(feature, tfds.features.Sequence):
+        feature = feature.feature
+    if isinstance(feature, tfds.features.BBoxFeature):
+        return 'normalized'
+    if isinstance(feature, tfds.features.Tensor) and tuple(feature.shape)[-1:] == (4,) and \
+            len(feature.shape) <= 2:
+        return 'pixels'
+    raise CamjaxError(f'dataset {name}: feature {key!r} (dataset.box_key) is neither a '
+                      'BBoxFeature nor a (4,) pixel box tensor')
+
+
+def _scan(source, key: str, to_label) -> np.ndarray:
+    """All labels of a source opened with the image left encoded."""
+    out, step = [], 1024
+    for start in range(0, len(source), step):
+        idx = list(range(start, min(start + step, len(source))))
+        examples = (source.__getitems__(idx) if hasattr(source, '__getitems__')
+                    else [source[i] for i in idx])
+        out += [to_label(_lookup(e, key)) for e in examples]
+    return np.asarray(out)
+
+
+def _even_block(n: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """[start, stop) of this process in tfds.even_splits(n examples,
+    process_count) without drop_remainder: the first n % count get one more."""
+    base, extra = divmod(n, process_count)
+    start = process_index * base + min(process_index, extra)
+    return start, start + base + (process_index < extra)
+
+
 def _tfds_splits(kind, arg, cfg, data_dir, process_index, process_count):
     builder = _tfds_builder(kind, arg, cfg, data_dir)
     features = builder.info.features
@@ -133,6 +244,8 @@ def _tfds_splits(kind, arg, cfg, data_dir, process_index, process_count):
     if 'image' not in features:
         raise CamjaxError(f'dataset {cfg.name} has no image feature ({sorted(features)})')
     label_feature, multilabel = _label_feature(features, cfg.label_key, cfg.name)
+    box_format = _box_format(features, cfg.box_key, cfg.name)
+    box_key = cfg.box_key if box_format else ''
     num_classes = label_feature.num_classes
     if multilabel:
         def to_label(indices):
@@ -145,98 +258,78 @@ def _tfds_splits(kind, arg, cfg, data_dir, process_index, process_count):
     n_test = builder.info.splits[cfg.test_split].num_examples
     train_split = f'{cfg.train_split}[:{n - n_val}]'
 
-    def open_split(split):
+    def open_split(split, labels=None):
         return _Relabeled(builder.as_data_source(split=tfds.split_for_jax_process(
             split, process_index=process_index, process_count=process_count)),
-            cfg.label_key, to_label)
+            cfg.label_key, to_label, labels=labels, box_key=box_key, box_format=box_format)
 
-    positive_rate = None
-    if multilabel:  # labels only: images are left encoded, so the scan is cheap
-        labels_only = builder.as_data_source(
-            split=train_split, decoders={'image': tfds.decode.SkipDecoding()})
-        positive_rate = np.mean([to_label(_lookup(labels_only[i], cfg.label_key))
-                                 for i in range(len(labels_only))], axis=0)
+    positive_rate = noise = None
+    if multilabel or cfg.label_noise != 'none':
+        # Labels only: images are left encoded, so the scan is cheap.
+        labels = _scan(builder.as_data_source(
+            split=train_split, decoders={'image': tfds.decode.SkipDecoding()}),
+            cfg.label_key, to_label)
+        if multilabel:
+            positive_rate = labels.mean(axis=0, dtype=np.float64)
+        noise = training_label_noise(cfg, labels, num_classes=num_classes,
+                                     multilabel=multilabel)
+    train = open_split(train_split)
+    if noise is not None:
+        start, stop = _even_block(n - n_val, process_index, process_count)
+        if stop - start != len(train):  # tfds changed how it splits across processes
+            raise RuntimeError(f'process block {start}:{stop} does not match the '
+                               f'{len(train)} examples tfds gave this process')
+        train = open_split(train_split, labels=noise['noisy'][start:stop])
     return Splits(
-        train=open_split(train_split),
+        train=train,
         val=open_split(f'{cfg.train_split}[{n - n_val}:]') if n_val else None,
         test=open_split(cfg.test_split),
         num_classes=num_classes, class_names=tuple(label_feature.names),
         sizes={'train': n - n_val, 'val': n_val, 'test': n_test},
-        multilabel=multilabel, positive_rate=positive_rate)
+        multilabel=multilabel, positive_rate=positive_rate, train_label_noise=noise)
 
 
 # ---------------------------------------------------------------------------
-# ImageFolder: <dir>/<split>/<class>/<image>.
+# File-based kinds (folders.py): imagefolder, attrfolder, tinyimagenet.
 # ---------------------------------------------------------------------------
-class ImageFolderSource(Sequence):
-    """Random access over image files; a file PIL cannot read is a CamjaxError."""
-
-    def __init__(self, files: Sequence[str], labels: Sequence[int]):
-        self._files, self._labels = list(files), np.asarray(labels, np.int32)
-
-    def __len__(self):
-        return len(self._files)
-
-    def __getitem__(self, index):
-        path = self._files[index]
-        try:
-            with Image.open(path) as img:
-                image = np.asarray(img.convert('RGB'))
-        except (OSError, ValueError, SyntaxError) as e:
-            raise CamjaxError(f'corrupt image {path}: {e}') from None
-        return {'image': image, 'label': self._labels[index]}
-
-
-def _list_folder(root, split, class_names=None):
-    split_dir = os.path.join(root, split)
-    if not os.path.isdir(split_dir):
-        raise CamjaxError(f'imagefolder {root!r} has no {split!r} subdirectory')
-    found = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-    class_names = class_names or tuple(found)
-    if not class_names:
-        raise CamjaxError(f'imagefolder {split_dir!r} has no class subdirectories')
-    unknown = set(found) - set(class_names)
-    if unknown:
-        raise CamjaxError(f'imagefolder {split_dir!r} has classes not in train: {sorted(unknown)}')
-    files, labels = [], []
-    for label, name in enumerate(class_names):
-        class_dir = os.path.join(split_dir, name)
-        if not os.path.isdir(class_dir):
-            continue
-        names = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_SUFFIXES))
-        files += [os.path.join(class_dir, f) for f in names]
-        labels += [label] * len(names)
-    if not files:
-        raise CamjaxError(f'imagefolder {split_dir!r} contains no images')
-    return files, np.asarray(labels), class_names
-
-
-def _imagefolder_splits(root, cfg, process_index, process_count):
-    files, labels, class_names = _list_folder(root, cfg.train_split)
-    test_files, test_labels, _ = _list_folder(root, cfg.test_split, class_names)
+def _file_splits(train, test, class_names, multilabel, cfg, process_index, process_count):
+    n = len(train.files)
     # Files are listed class by class, so the validation carve is a seeded
     # permutation rather than a contiguous tail (which would be one class).
-    order = np.random.default_rng(cfg.split_seed).permutation(len(files))
-    n_val = _carve(len(files), cfg.val_fraction)
-    val_idx, train_idx = order[:n_val], np.sort(order[n_val:])
+    order = np.random.default_rng(cfg.split_seed).permutation(n)
+    n_val = _carve(n, cfg.val_fraction)
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    train_labels = train.labels[train_idx]
+    noise = training_label_noise(cfg, train_labels, num_classes=len(class_names),
+                                 multilabel=multilabel)
 
-    def shard(idx, f, y):
-        idx = idx[process_index::process_count]
-        return ImageFolderSource([f[i] for i in idx], y[idx])
+    def shard(listing, idx, labels):
+        pos = np.arange(len(idx))[process_index::process_count]
+        boxes = None if listing.boxes is None else [listing.boxes[i] for i in idx[pos]]
+        return ImageFolderSource([listing.files[i] for i in idx[pos]], labels[pos], boxes)
 
-    all_test = np.arange(len(test_files))
+    test_idx = np.arange(len(test.files))
     return Splits(
-        train=shard(train_idx, files, labels),
-        val=shard(np.sort(val_idx), files, labels) if n_val else None,
-        test=shard(all_test, test_files, test_labels),
+        train=shard(train, train_idx, train_labels if noise is None else noise['noisy']),
+        val=shard(train, val_idx, train.labels[val_idx]) if n_val else None,
+        test=shard(test, test_idx, test.labels),
         num_classes=len(class_names), class_names=tuple(class_names),
-        sizes={'train': len(train_idx), 'val': n_val, 'test': len(test_files)})
+        sizes={'train': len(train_idx), 'val': n_val, 'test': len(test.files)},
+        multilabel=multilabel,
+        positive_rate=train_labels.mean(axis=0, dtype=np.float64) if multilabel else None,
+        train_label_noise=noise)
+
+
+_LISTERS = {'imagefolder': folders.list_imagefolder, 'attrfolder': folders.list_attrfolder,
+            'tinyimagenet': folders.list_tinyimagenet}
 
 
 def open_splits(cfg, *, process_index: int = 0, process_count: int = 1) -> Splits:
     """Open this process's share of the train / val / test splits of `cfg.name`."""
     kind, arg = parse_dataset_name(cfg.name)
-    if kind == 'imagefolder':
-        return _imagefolder_splits(arg, cfg, process_index, process_count)
+    if kind in _LISTERS:
+        train, test, class_names, multilabel = _LISTERS[kind](arg, cfg)
+        return _file_splits(train, test, class_names, multilabel, cfg, process_index,
+                            process_count)
     data_dir = cfg.data_dir or default_data_dir()
     return _tfds_splits(kind, arg, cfg, data_dir, process_index, process_count)
