@@ -1,0 +1,115 @@
+"""Classifier-weight analysis: statistics on hand-built kernels, the
+positive-weights-only switch, and the histogram / accuracy-vs-sparsity PNGs."""
+
+import io
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from camjax.analysis.weights import (
+    accuracy_vs_sparsity_png,
+    clamp_negative,
+    histogram_bins,
+    weight_histogram_png,
+    weight_stats,
+)
+
+# (C=3, K=4): |w| < 1e-3 at four places (one exact zero); negatives -2, -1, -1e-4.
+KERNEL = np.array([[1.0, -2.0, 0.0, 5e-4],
+                   [0.5, 3.0, -1.0, 2.0],
+                   [-1e-4, 1.5, 2e-4, 4.0]])
+
+
+def _png_size(png: bytes):
+    assert png.startswith(b'\x89PNG\r\n\x1a\n')
+    return Image.open(io.BytesIO(png)).size
+
+
+def test_weight_stats_hand_matrix():
+    stats = weight_stats(KERNEL, eps=1e-3, per_class=True)
+    abs_sum = 1 + 2 + 0 + 5e-4 + 0.5 + 3 + 1 + 2 + 1e-4 + 1.5 + 2e-4 + 4
+    assert stats['num_weights'] == 12
+    assert stats['sparsity'] == pytest.approx(4 / 12)
+    assert stats['num_positive'] == 8
+    assert stats['num_negative'] == 3
+    assert stats['negative_mass_share'] == pytest.approx((2 + 1 + 1e-4) / abs_sum, rel=1e-12)
+    assert stats['l1'] == pytest.approx(abs_sum, rel=1e-12)
+    assert stats['mean_abs'] == pytest.approx(abs_sum / 12, rel=1e-12)
+    assert stats['l2'] == pytest.approx(math.sqrt(np.sum(KERNEL ** 2)), rel=1e-12)
+    np.testing.assert_allclose(stats['per_class_sparsity'], [1 / 3, 0, 2 / 3, 1 / 3])
+    assert 'per_class_sparsity' not in weight_stats(KERNEL)
+
+
+def test_weight_stats_eps_and_edge_cases():
+    # A larger eps counts more weights as zero: 0.5 joins at eps=0.6.
+    assert weight_stats(KERNEL, eps=0.6)['sparsity'] == pytest.approx(5 / 12)
+    # No negatives -> share 0; all exact zeros -> share undefined (NaN).
+    assert weight_stats(np.abs(KERNEL))['negative_mass_share'] == 0.0
+    zeros = weight_stats(np.zeros((2, 3)))
+    assert math.isnan(zeros['negative_mass_share'])
+    assert zeros['sparsity'] == 1.0 and zeros['num_positive'] == zeros['num_negative'] == 0
+    # A jax array is accepted and gives the same numbers.
+    assert weight_stats(jnp.asarray(KERNEL, jnp.float32))['sparsity'] == pytest.approx(4 / 12)
+    with pytest.raises(ValueError, match='kernel must be'):
+        weight_stats(np.ones(3))
+    with pytest.raises(ValueError, match='eps'):
+        weight_stats(KERNEL, eps=0.0)
+
+
+def test_clamp_negative():
+    clamped = clamp_negative(KERNEL)
+    expected = np.where(KERNEL < 0, 0.0, KERNEL)
+    np.testing.assert_array_equal(clamped, expected)
+    assert clamped.shape == KERNEL.shape and clamped.dtype == KERNEL.dtype
+    assert np.all(KERNEL[0] == [1.0, -2.0, 0.0, 5e-4])  # input untouched
+    stats = weight_stats(clamped)
+    assert stats['num_negative'] == 0 and stats['negative_mass_share'] == 0.0
+    # A jax array stays a jax array (usable inside jitted eval code).
+    clamped_jax = clamp_negative(jnp.asarray(KERNEL, jnp.float32))
+    assert isinstance(clamped_jax, type(jnp.zeros(1)))
+    np.testing.assert_allclose(np.asarray(clamped_jax), expected, rtol=1e-6)
+    # CAMs from the clamped kernel equal the positive part's contribution only.
+    features = np.random.default_rng(0).random((2, 2, 3))
+    np.testing.assert_allclose(features @ clamped[:, 1], features @ np.array([0.0, 3.0, 1.5]))
+
+
+def test_histogram_bins_are_shared():
+    edges = histogram_bins({'a': KERNEL, 'b': 2 * KERNEL}, bins=10)
+    assert edges.shape == (11,)
+    assert edges[0] == 0.0 and edges[-1] == pytest.approx(8.0)  # max |w| of every run
+
+
+def test_weight_histogram_png():
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0, 0.05, (64, 10))
+    sparse = np.where(rng.random((64, 10)) < 0.7, 0.0, dense)
+    png = weight_histogram_png({'none': dense, 'L1': sparse, 'L2': 0.5 * dense,
+                                'positive': np.abs(dense)}, bins=30, title='weights')
+    assert _png_size(png) == (1200, 450)
+
+
+def test_weight_histogram_writes_path(tmp_path):
+    path = tmp_path / 'hist.png'
+    png = weight_histogram_png({'only': KERNEL}, bins=np.linspace(0, 5, 6), path=path)
+    assert path.read_bytes() == png
+    with pytest.raises(ValueError, match='empty'):
+        weight_histogram_png({})
+
+
+def test_accuracy_vs_sparsity_png(tmp_path):
+    points = [
+        {'name': 'none', 'sparsity': 0.02, 'accuracy': 0.71, 'loc_accuracy': 0.45},
+        {'name': 'L1', 'sparsity': 0.64, 'accuracy': 0.72, 'loc_accuracy': 0.52},
+        {'name': 'L2', 'sparsity': 0.05, 'accuracy': 0.715, 'loc_accuracy': None},
+        {'name': 'HNC', 'sparsity': 0.10, 'accuracy': 0.73},
+    ]
+    path = tmp_path / 'scatter.png'
+    png = accuracy_vs_sparsity_png(points, path=path)
+    assert _png_size(png) == (700, 500)
+    assert path.read_bytes() == png
+    # No localization numbers at all is fine too.
+    only_cls = [{'name': 'a', 'sparsity': 0.1, 'accuracy': 0.5, 'loc_accuracy': None}]
+    assert _png_size(accuracy_vs_sparsity_png(only_cls)) == (700, 500)
