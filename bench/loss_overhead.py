@@ -89,7 +89,7 @@ def bench_case(name, *, size, num_classes, k, batch_size, args):
           f'{args.rounds} rounds x {args.steps} steps, {jax.default_backend()} '
           f'x{mesh.devices.size}, conv_impl {args.conv_impl}', flush=True)
     tx = optax.sgd(0.1, momentum=0.9)
-    state = train.init_state(model, tx, seed=0, image_size=size, mesh=mesh)
+    state = train.init_state(model, tx.init, seed=0, image_size=size, mesh=mesh)
     runners, flops = {}, {}
     for v, terms in variants(k, control=not args.quick).items():
         runners[v], compile_s, flops[v] = make_runner(model, tx, terms, state, batch, mesh=mesh)

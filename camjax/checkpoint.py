@@ -97,6 +97,21 @@ def _restore_full(manager, step, abstract_state):
     return state, restored['meta'], restored.get('data')
 
 
+def _checkpoint_directory(path: str) -> str:
+    """A run's workdir means its checkpoints/ directory."""
+    if os.path.isdir(os.path.join(path, LATEST_DIR)):
+        return os.path.join(path, LATEST_DIR)
+    if not os.path.isdir(path):
+        raise CamjaxError(f'no checkpoint directory at {path!r}')
+    return path
+
+
+def saved_steps(path: str) -> list[int]:
+    """Sorted steps saved under `path` (a workdir or a checkpoint directory)."""
+    directory = _checkpoint_directory(path)
+    return sorted(_manager(directory, keep=1, read_only=True).all_steps())
+
+
 def restore_model_variables(path: str, step: int | None = None) -> dict:
     """Restore only {'params', 'batch_stats'} from a camjax checkpoint.
 
@@ -105,11 +120,7 @@ def restore_model_variables(path: str, step: int | None = None) -> dict:
     caller can compare shapes against its own model. Raises CamjaxError when
     nothing restorable is found.
     """
-    directory = path
-    if os.path.isdir(os.path.join(path, LATEST_DIR)):
-        directory = os.path.join(path, LATEST_DIR)
-    if not os.path.isdir(directory):
-        raise CamjaxError(f'no checkpoint directory at {path!r}')
+    directory = _checkpoint_directory(path)
     manager = _manager(directory, keep=1, read_only=True)
     steps = manager.all_steps()
     if not steps:

@@ -11,7 +11,9 @@ import ml_collections
 
 from camjax.errors import ConfigError
 
-MODES = ('train',)
+MODES = ('train', 'refine', 'sweep')
+LINR_VARIANTS = ('linr', 'linrc', 'linrnl', 'linrnm')
+BATCHNORM_MODES = ('running', 'batch')
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step')
 
@@ -22,14 +24,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.dataset = d = ml_collections.ConfigDict()
-    d.name = 'synthetic'          # 'synthetic' | 'tfds:<name>' | 'imagefolder:<dir>'
+    # 'synthetic' | 'tfds:<name>' | 'imagefolder:<dir>' | 'attrfolder:<dir>' (multi-label
+    # attribute CSVs) | 'tinyimagenet:<dir>'; layouts in camjax/data/sources.py
+    d.name = 'synthetic'
     d.data_dir = ''               # TFDS data dir; '' -> $CAMJAX_DATA_DIR or ~/.cache/camjax/tfds
     d.image_size = 64             # model input side; sources of another size are resized
     d.train_split = 'train'
     d.test_split = 'test'
     d.label_key = 'label'         # tfds feature: ClassLabel, or a sequence of them (multi-label)
     d.val_fraction = 0.1          # carved from train; model selection never sees test
-    d.split_seed = 0              # order of the train/val carve for imagefolder sources
+    d.split_seed = 0              # order of the train/val carve for file-based (folder) sources
+    d.label_noise = 'none'        # 'none' | 'symmetric' | 'asymmetric' (c -> c+1 mod K), train only
+    d.label_noise_rate = 0.0      # flip probability in [0, 1]
+    d.label_noise_seed = 0
+    d.max_boxes = 4               # eval batches' 'bbox' rows per example; more boxes is an error
+    d.box_key = 'bbox'            # tfds feature with ground-truth boxes, if present; '' = none
+    d.boxes_file = ''             # imagefolder: box CSV name in each split dir; '' = none
     d.crop_padding = 4            # random crop after zero padding; 0 disables
     d.random_flip = True
     d.mean = (0.5, 0.5, 0.5)      # per-channel normalization of [0,1] pixels, on device
@@ -44,19 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Loss terms, summed with their weights by camjax.objectives.
     c.loss = (dict(name='cross_entropy', weight=1.0),)
 
-    c.optimizer = o = ml_collections.ConfigDict()
-    o.name = 'sgd'
-    o.learning_rate = 0.1         # for the global batch
-    o.momentum = 0.9
-    o.nesterov = True
-    o.weight_decay = 5e-4         # sgd: coupled L2 (grad += wd * w); adamw: decoupled
-    o.b1 = 0.9
-    o.b2 = 0.999
-    o.eps = 1e-8
-    o.schedule = 'cosine'
-    o.warmup_epochs = 0.0
-    o.step_epochs = (5.0, 8.0)    # 'step': lr *= step_factor at each of these epochs
-    o.step_factor = 0.1
+    c.optimizer = optimizer_group()
 
     c.train = t = ml_collections.ConfigDict()
     t.batch_size = 128            # global, across all devices and hosts
@@ -72,26 +70,44 @@ def base_config() -> ml_collections.ConfigDict:
     t.eval_negative_cam_k = 5     # evals report the peakiness of the top-k negative CAMs; 0 = off
     t.init_from = ''              # camjax workdir or checkpoint dir to start from (fine-tuning)
     t.init_from_step = -1         # -1: its newest checkpoint
+
+    # mode='refine' / 'sweep': LinR refinement of the run in train.init_from
+    # (LinR paper, Algorithm 1). Each round: cls_steps classification steps with
+    # cls_optimizer on config.loss, then linr_steps LinR steps with linr_optimizer.
+    c.refine = r = ml_collections.ConfigDict()
+    r.variant = 'linr'            # linr | linrc (Eq. 9) | linrnl (no labels) | linrnm (Eq. 10)
+    r.rounds = 10                 # T
+    r.cls_steps = -1              # N_cls; -1: one epoch of the training split
+    r.linr_steps = -1             # N_LinR; -1: one epoch of the training split
+    r.alpha = 0.75                # a ~ Beta(alpha, alpha), b = 1 - a
+    r.dis = 'kl'                  # kl (Eq. 7) | mse (Table 6)
+    r.direction = 'p1_p2'         # p1_p2: D_KL(P1||P2) as in Eq. 7 | p2_p1: P2 as pseudo-label
+    r.p2_gradient = False         # True removes the stop-gradient on P2 (Table 6 ablation)
+    r.p1_batchnorm = 'batch'      # BatchNorm on the mixed batch: batch statistics (and updates)
+    r.p2_batchnorm = 'running'    # BatchNorm in the P2 pass: running statistics
+    r.cls_optimizer = optimizer_group(learning_rate=3e-4, nesterov=False, schedule='constant')
+    r.linr_optimizer = optimizer_group(learning_rate=1e-2, nesterov=False, weight_decay=0.0,
+                                       schedule='constant')
     return c
 
 
-def imagenet_input(dataset_cfg, *, image_size: int = 224) -> None:
-    """ImageNet-style input for a config's dataset section: 224px, no crop
-    padding (resized photos; flips only) and the ImageNet channel statistics."""
-    dataset_cfg.image_size = image_size
-    dataset_cfg.crop_padding = 0
-    dataset_cfg.mean = (0.485, 0.456, 0.406)
-    dataset_cfg.std = (0.229, 0.224, 0.225)
-
-
-def imagenet2012(dataset_cfg) -> None:
-    """TFDS imagenet2012: its 'validation' split is the test set, 1% of train is
-    carved for model selection, ImageNet-style input, 16 reader threads."""
-    dataset_cfg.name = 'tfds:imagenet2012'
-    dataset_cfg.test_split = 'validation'
-    dataset_cfg.val_fraction = 0.01
-    dataset_cfg.num_threads = 16
-    imagenet_input(dataset_cfg)
+def optimizer_group(**overrides) -> ml_collections.ConfigDict:
+    """The fields of one optimizer (config.optimizer, refine.*_optimizer)."""
+    o = ml_collections.ConfigDict()
+    o.name = 'sgd'
+    o.learning_rate = 0.1         # for the global batch
+    o.momentum = 0.9
+    o.nesterov = True
+    o.weight_decay = 5e-4         # sgd: coupled L2 (grad += wd * w); adamw: decoupled
+    o.b1 = 0.9
+    o.b2 = 0.999
+    o.eps = 1e-8
+    o.schedule = 'cosine'
+    o.warmup_epochs = 0.0
+    o.step_epochs = (5.0, 8.0)    # 'step': lr *= step_factor at each of these epochs
+    o.step_factor = 0.1
+    o.update(overrides)
+    return o
 
 
 def _path(prefix, key):
@@ -146,7 +162,7 @@ def _check_model(model_cfg):
 def validate(config, *, num_devices: int) -> None:
     """Raise ConfigError naming the first invalid field of `config`."""
     from camjax import objectives
-    from camjax.data import check_dataset_name
+    from camjax.data import LABEL_NOISE_KINDS, check_dataset_name
 
     schema = base_config()
     _check_against(config, schema, skip=('model', 'loss'))
@@ -155,20 +171,29 @@ def validate(config, *, num_devices: int) -> None:
     objectives.validate_terms(config.loss)
     check_dataset_name(config.dataset.name)
 
-    d, o, t = config.dataset, config.optimizer, config.train
+    d, t = config.dataset, config.train
     _require(d.image_size >= 8, f'dataset.image_size must be >= 8, got {d.image_size}')
     _require(0.0 <= d.val_fraction < 1.0,
              f'dataset.val_fraction must be in [0, 1), got {d.val_fraction}')
     _require(len(d.mean) == 3 and len(d.std) == 3 and min(d.std) > 0,
              'dataset.mean and dataset.std must have 3 entries, std > 0')
-    _require(o.name in OPTIMIZERS, f'optimizer.name={o.name!r} must be one of {OPTIMIZERS}')
-    _require(o.schedule in SCHEDULES,
-             f'optimizer.schedule={o.schedule!r} must be one of {SCHEDULES}')
-    _require(o.learning_rate > 0, f'optimizer.learning_rate must be > 0, got {o.learning_rate}')
-    _require(o.weight_decay >= 0, f'optimizer.weight_decay must be >= 0, got {o.weight_decay}')
-    _require(all(e > 0 for e in o.step_epochs),
-             f'optimizer.step_epochs must be positive epochs, got {o.step_epochs}')
-    _require(o.warmup_epochs >= 0, f'optimizer.warmup_epochs must be >= 0, got {o.warmup_epochs}')
+    kind = d.name.partition(':')[0]
+    _require(d.label_noise in LABEL_NOISE_KINDS,
+             f'dataset.label_noise={d.label_noise!r} must be one of {LABEL_NOISE_KINDS}')
+    _require(0.0 <= d.label_noise_rate <= 1.0,
+             f'dataset.label_noise_rate must be in [0, 1], got {d.label_noise_rate}')
+    _require(d.label_noise != 'none' or d.label_noise_rate == 0,
+             "dataset.label_noise_rate is set but dataset.label_noise='none'")
+    _require(d.label_noise == 'none' or kind != 'attrfolder',
+             'dataset.label_noise needs single-label data; attrfolder is multi-label')
+    _require(d.max_boxes >= 1, f'dataset.max_boxes must be >= 1, got {d.max_boxes}')
+    _require(not d.boxes_file or kind == 'imagefolder',
+             'dataset.boxes_file is only for imagefolder datasets')
+    _require(kind != 'tinyimagenet' or (d.train_split == 'train'
+                                        and d.test_split in ('test', 'val')),
+             "dataset.train_split/test_split: tinyimagenet reads train/ as 'train' and its "
+             "labelled val/ as the test split ('test' or 'val')")
+    _check_optimizer(config.optimizer, 'optimizer')
     _require(t.batch_size > 0 and t.eval_batch_size > 0, 'train.batch_size must be > 0')
     _require(t.num_steps > 0 or t.num_epochs > 0,
              'train.num_epochs or train.num_steps must be > 0')
@@ -181,3 +206,41 @@ def validate(config, *, num_devices: int) -> None:
     _require(t.keep_checkpoints >= 1, 'train.keep_checkpoints must be >= 1')
     _require(t.early_stopping_patience == 0 or d.val_fraction > 0,
              'train.early_stopping_patience needs a validation split (dataset.val_fraction > 0)')
+    if config.mode in ('refine', 'sweep'):
+        _check_refine(config)
+
+
+def _check_optimizer(o, where: str) -> None:
+    _require(o.name in OPTIMIZERS, f'{where}.name={o.name!r} must be one of {OPTIMIZERS}')
+    _require(o.schedule in SCHEDULES,
+             f'{where}.schedule={o.schedule!r} must be one of {SCHEDULES}')
+    _require(o.learning_rate > 0, f'{where}.learning_rate must be > 0, got {o.learning_rate}')
+    _require(o.weight_decay >= 0, f'{where}.weight_decay must be >= 0, got {o.weight_decay}')
+    _require(all(e > 0 for e in o.step_epochs),
+             f'{where}.step_epochs must be positive epochs, got {o.step_epochs}')
+    _require(o.warmup_epochs >= 0, f'{where}.warmup_epochs must be >= 0, got {o.warmup_epochs}')
+
+
+def _check_refine(config) -> None:
+    from camjax import losses
+    r = config.refine
+    _require(config.train.init_from,
+             f'mode={config.mode} needs train.init_from: the workdir (or checkpoint directory) '
+             'of the trained run to refine')
+    _require(r.variant in LINR_VARIANTS,
+             f'refine.variant={r.variant!r} must be one of {LINR_VARIANTS}')
+    _require(r.rounds > 0, f'refine.rounds (T) must be > 0, got {r.rounds}')
+    for field in ('cls_steps', 'linr_steps'):
+        _require(r[field] > 0 or r[field] == -1,
+                 f'refine.{field} (N) must be > 0, or -1 for one epoch of the training split; '
+                 f'got {r[field]}')
+    _require(r.alpha > 0, f'refine.alpha must be > 0, got {r.alpha}')
+    _require(r.dis in losses.LINR_DISTANCES,
+             f'refine.dis={r.dis!r} must be one of {losses.LINR_DISTANCES}')
+    _require(r.direction in losses.LINR_DIRECTIONS,
+             f'refine.direction={r.direction!r} must be one of {losses.LINR_DIRECTIONS}')
+    for field in ('p1_batchnorm', 'p2_batchnorm'):
+        _require(r[field] in BATCHNORM_MODES,
+                 f'refine.{field}={r[field]!r} must be one of {BATCHNORM_MODES}')
+    _check_optimizer(r.cls_optimizer, 'refine.cls_optimizer')
+    _check_optimizer(r.linr_optimizer, 'refine.linr_optimizer')

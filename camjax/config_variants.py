@@ -7,6 +7,8 @@ and calls `choose(arg, OPTIONS)`; each comma-separated word picks one value of
 one option (the first value is the default), and the word `smoke` shrinks the
 config with `smoke()` to 2 steps on small synthetic data, so a test can run
 every config and none rots. Config files list their smoke variants in `SMOKE`.
+A refine or sweep smoke variant leaves train.init_from empty: the caller trains
+the same config for 2 steps first and points init_from at that run.
 """
 
 import ml_collections
@@ -47,6 +49,10 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     t.num_steps, t.batch_size, t.eval_batch_size = 2, 8, 16
     t.log_every, t.eval_every, t.checkpoint_every = 1, 2, 2
     t.init_from, t.early_stopping_patience = '', 0
+    # Refine / sweep: 2 steps as well (one classification + one LinR step, or
+    # two LinR rounds without labels); init_from must then name a trained run.
+    r = config.refine
+    r.rounds, r.cls_steps, r.linr_steps = (2, 1, 1) if r.variant == 'linrnl' else (1, 1, 1)
     t.eval_negative_cam_k = min(t.eval_negative_cam_k, 5)
     fields = model_fields(config.model.name)
     # float32: bf16 is emulated on CPU and slow to compile; wiring is the same.

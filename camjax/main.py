@@ -90,10 +90,22 @@ def run(config, workdir: str) -> None:
                          process_count=jax.process_count())
     objectives.validate_terms(config.loss, num_classes=splits.num_classes,
                               multilabel=splits.multilabel)
+    if config.mode in ('refine', 'sweep'):
+        from camjax.refine import check_inputs
+        check_inputs(config, splits)
     prepare_workdir(workdir, config)
+    run_mode(config, workdir, splits)
+
+
+def run_mode(config, workdir: str, splits):
+    """Dispatch on config.mode; returns what the mode returns."""
     if config.mode == 'train':
         from camjax.train import train_and_evaluate
-        train_and_evaluate(config, workdir, splits)
+        return train_and_evaluate(config, workdir, splits)
+    from camjax import refine
+    if config.mode == 'refine':
+        return refine.refine(config, workdir, splits)
+    return refine.sweep(config, workdir, splits)
 
 
 def main(argv):

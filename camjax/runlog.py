@@ -6,6 +6,7 @@ import os
 import time
 
 import jax
+import numpy as np
 
 
 def format_duration(seconds: float) -> str:
@@ -20,6 +21,8 @@ class RunLog:
         self._workdir = workdir
         self._path = os.path.join(workdir, 'metrics.jsonl')
         self._is_writer = jax.process_index() == 0
+        if self._is_writer:
+            os.makedirs(workdir, exist_ok=True)
 
     def write(self, record: dict) -> None:
         if self._is_writer:
@@ -30,6 +33,12 @@ class RunLog:
         if self._is_writer:
             with open(os.path.join(self._workdir, name), 'w') as f:
                 json.dump(payload, f, indent=2)
+
+    def write_arrays(self, name: str, **arrays) -> None:
+        """Numpy arrays as `name` (.npz), unless that file already exists."""
+        path = os.path.join(self._workdir, name)
+        if self._is_writer and not os.path.exists(path):
+            np.savez_compressed(path, **arrays)
 
     def print(self, line: str) -> None:
         if self._is_writer:

@@ -43,38 +43,48 @@ def model_kwargs(model_cfg) -> dict:
     return {k: v for k, v in model_cfg.items() if k != 'name'}
 
 
-def init_state(model, tx, *, seed: int, image_size: int, mesh) -> TrainState:
-    """Fresh state, replicated on the mesh. Identical on every process (same seed)."""
+def init_state(model, init_opt_state, *, seed: int, image_size: int, mesh) -> TrainState:
+    """Fresh state, replicated on the mesh. Identical on every process (same
+    seed). `init_opt_state(params)` makes the optimizer state (e.g. `tx.init`)."""
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = init_variables(model, jax.random.key(seed), dummy)
     params = variables['params']
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        batch_stats=variables.get('batch_stats', {}),
-                       opt_state=tx.init(params))
+                       opt_state=init_opt_state(params))
     return jax.device_put(state, parallel.replicated(mesh))
 
 
-def load_pretrained(state: TrainState, path: str, step: int | None) -> TrainState:
-    """Start from the model variables of another camjax run (fine-tuning).
+def load_pretrained(state: TrainState, path: str, step: int | None, *,
+                    new_classifier_ok: bool = True) -> TrainState:
+    """Start from the model variables of another camjax run.
 
-    Every parameter and BatchNorm statistic must match in path and shape,
-    except the CAM classifier, which is kept freshly initialized when its class
-    count differs (e.g. ImageNet -> CUB). Optimizer state starts fresh.
+    Every parameter and BatchNorm statistic must match in path and shape;
+    otherwise the error names the first mismatching path and both shapes.
+    With `new_classifier_ok` (fine-tuning), a CAM classifier whose class count
+    differs (e.g. ImageNet -> CUB) is kept freshly initialized instead; a
+    refine run passes False, since it must continue the very same model.
+    Optimizer state starts fresh.
     """
     restored = restore_model_variables(path, step)
     for name in ('params', 'batch_stats'):
         ours = flax.traverse_util.flatten_dict(getattr(state, name), sep='/')
         theirs = flax.traverse_util.flatten_dict(restored[name], sep='/')
         classifier = {k for k in ours if k.startswith(CLASSIFIER + '/')}
-        keep_fresh = classifier if any(
+        keep_fresh = classifier if new_classifier_ok and any(
             k in theirs and theirs[k].shape != ours[k].shape for k in classifier) else set()
+        extra = sorted(set(theirs) - set(ours))
+        if extra:
+            raise CamjaxError(f'checkpoint {path} has {name}/{extra[0]}, which the configured '
+                              'model lacks (architecture mismatch)')
         merged = {}
-        for key, value in ours.items():
+        for key, value in sorted(ours.items()):
             if key in keep_fresh:
                 merged[key] = value
                 continue
             if key not in theirs:
-                raise CamjaxError(f'checkpoint {path} has no {name}/{key} (model mismatch)')
+                raise CamjaxError(f'checkpoint {path} has no {name}/{key} (architecture '
+                                  'mismatch)')
             if theirs[key].shape != value.shape:
                 raise CamjaxError(f'checkpoint {path}: {name}/{key} has shape '
                                   f'{tuple(theirs[key].shape)}, the model needs '
@@ -84,7 +94,7 @@ def load_pretrained(state: TrainState, path: str, step: int | None) -> TrainStat
     return state
 
 
-def _forward(model, params, batch_stats, images, *, train: bool):
+def forward(model, params, batch_stats, images, *, train: bool):
     variables = {'params': params, 'batch_stats': batch_stats}
     if train:
         (logits, features), updates = model.apply(variables, images, train=True,
@@ -102,16 +112,18 @@ def _objective_inputs(logits, features, labels, params, pos_rate) -> dict:
 # =============================================================================
 # Steps
 # =============================================================================
-def make_train_step(model, objective, tx, *, mean, std, mesh, pos_rate=None):
+def make_train_step(model, objective, tx, *, mean, std, mesh, pos_rate=None, opt_slot=None):
     """Jitted `(state, batch) -> (state, metrics)`; the state is donated.
-    `pos_rate` (K,) is the training split's positive rate (multi-label only)."""
+    `pos_rate` (K,) is the training split's positive rate (multi-label only).
+    With `opt_slot`, `state.opt_state` is a dict and `tx` owns that entry (a
+    refine run keeps one optimizer state per phase)."""
 
     def train_step(state: TrainState, batch: dict):
         images = normalize_images(batch['image'], mean=mean, std=std)
         weights = jnp.ones(images.shape[0], jnp.float32)
 
         def loss_fn(params):
-            logits, features, batch_stats = _forward(model, params, state.batch_stats, images,
+            logits, features, batch_stats = forward(model, params, state.batch_stats, images,
                                                      train=True)
             inputs = _objective_inputs(logits, features, batch['label'], params, pos_rate)
             loss, terms = objective(inputs, weights)
@@ -119,7 +131,10 @@ def make_train_step(model, objective, tx, *, mean, std, mesh, pos_rate=None):
 
         (loss, (terms, batch_stats, logits)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        opt_state = state.opt_state if opt_slot is None else state.opt_state[opt_slot]
+        updates, opt_state = tx.update(grads, opt_state, state.params)
+        if opt_slot is not None:
+            opt_state = {**state.opt_state, opt_slot: opt_state}
         params = optax.apply_updates(state.params, updates)
         accuracy = jnp.mean(metrics_lib.example_accuracy(logits=logits, labels=batch['label']))
         step_metrics = {'loss': loss, 'accuracy': accuracy,
@@ -141,7 +156,7 @@ def make_eval_step(model, objective, *, num_classes: int, mean, std, mesh,
 
     def eval_step(state: TrainState, batch: dict):
         images = normalize_images(batch['image'], mean=mean, std=std)
-        logits, features, _ = _forward(model, state.params, state.batch_stats, images,
+        logits, features, _ = forward(model, state.params, state.batch_stats, images,
                                        train=False)
         weights = batch['mask']
         inputs = _objective_inputs(logits, features, batch['label'], state.params, pos_rate)
@@ -201,31 +216,39 @@ def _format_terms(values: dict) -> str:
 
 
 class Run:
-    """Everything one training run builds from its config, and the loop."""
+    """Everything one training run builds from its config, and the loop.
+    `camjax.refine.RefineRun` reuses all but the optimizer set-up and loop."""
 
     def __init__(self, config, workdir: str, splits: Splits):
         self.cfg_t, self.cfg_d, self.splits = config.train, config.dataset, splits
         self.mesh = parallel.make_mesh()
-        self.plan = Plan.from_config(self.cfg_t, splits.sizes['train'])
-        self.schedule = optim.make_schedule(config.optimizer, total_steps=self.plan.total_steps,
-                                            steps_per_epoch=self.plan.steps_per_epoch)
-        tx = optim.make_optimizer(config.optimizer, self.schedule)
-        model = build_model(config.model.name, num_classes=splits.num_classes,
-                            **model_kwargs(config.model))
-        objective = objectives.build_objective(config.loss)
+        self.model = build_model(config.model.name, num_classes=splits.num_classes,
+                                 **model_kwargs(config.model))
+        self.objective = objectives.build_objective(config.loss)
         self.log = RunLog(workdir)
-        norm = {'mean': tuple(self.cfg_d.mean), 'std': tuple(self.cfg_d.std), 'mesh': self.mesh,
-                'pos_rate': self._positive_rate(workdir)}
-        self.train_step = make_train_step(model, objective, tx, **norm)
-        self.eval_step = make_eval_step(model, objective, num_classes=splits.num_classes,
-                                        negative_cam_k=self.cfg_t.eval_negative_cam_k, **norm)
-        self.initial_state = init_state(model, tx, seed=config.seed,
-                                        image_size=self.cfg_d.image_size, mesh=self.mesh)
-
+        if splits.train_label_noise is not None:  # which training labels were flipped
+            self.log.write_arrays('label_noise.npz', **splits.train_label_noise)
+        self.step_kwargs = {'mean': tuple(self.cfg_d.mean), 'std': tuple(self.cfg_d.std),
+                            'mesh': self.mesh, 'pos_rate': self._positive_rate(workdir)}
+        self.eval_step = make_eval_step(self.model, self.objective,
+                                        num_classes=splits.num_classes,
+                                        negative_cam_k=self.cfg_t.eval_negative_cam_k,
+                                        **self.step_kwargs)
+        self.plan = Plan.from_config(self.cfg_t, splits.sizes['train'])
+        self.setup_optimization(config)
         self.batches = TrainBatches(splits.train, cfg=self.cfg_d,
                                     global_batch=self.cfg_t.batch_size, seed=config.seed,
                                     sharding=parallel.batch_sharded(self.mesh))
         self.ckpt = Checkpointer(workdir, keep=self.cfg_t.keep_checkpoints)
+
+    def setup_optimization(self, config) -> None:
+        """The schedule, the train step and the fresh initial state."""
+        self.schedule = optim.make_schedule(config.optimizer, total_steps=self.plan.total_steps,
+                                            steps_per_epoch=self.plan.steps_per_epoch)
+        tx = optim.make_optimizer(config.optimizer, self.schedule)
+        self.train_step = make_train_step(self.model, self.objective, tx, **self.step_kwargs)
+        self.initial_state = init_state(self.model, tx.init, seed=config.seed,
+                                        image_size=self.cfg_d.image_size, mesh=self.mesh)
 
     def _positive_rate(self, workdir: str):
         """Multi-label runs compute the training split's positive rates once
@@ -246,15 +269,17 @@ class Run:
             getattr(self.splits, split), cfg=self.cfg_d, global_batch=self.cfg_t.eval_batch_size,
             global_size=self.splits.sizes[split], sharding=parallel.batch_sharded(self.mesh)))
 
-    def eval_record(self, state, step: int) -> dict:
-        record = {'kind': 'eval', 'step': step, 'epoch': step / self.plan.steps_per_epoch}
-        for split in ('val', 'test'):
+    def eval_record(self, state, step: int, *, splits=('val', 'test'), **extra) -> dict:
+        record = {'kind': 'eval', 'step': step, 'epoch': step / self.plan.steps_per_epoch,
+                  **extra}
+        for split in splits:
             if getattr(self.splits, split) is not None:
                 record[split] = self.evaluate_split(state, split)
         self.log.write(record)
-        self.log.print(f'eval step {step}: ' + ' | '.join(
+        where = ''.join(f' {k} {v}' for k, v in extra.items())
+        self.log.print(f'eval step {step}{where}: ' + ' | '.join(
             f'{s} acc {record[s]["accuracy"]:.4f} loss {record[s]["loss"]:.4f}'
-            for s in ('val', 'test') if s in record))
+            for s in splits if s in record))
         return record
 
     def update_selection(self, meta: dict, record: dict, state, step: int) -> None:
@@ -286,17 +311,25 @@ class Run:
                        + (' [early stopped]' if meta['stopped_early'] else ''))
         return record
 
-    def log_window(self, window: dict, step: int, speed: Throughput) -> None:
-        steps_in_window = (step - 1) % self.cfg_t.log_every + 1
+    def log_window(self, window: dict, step: int, speed: Throughput, *, steps_in_window: int,
+                   tag: str = '', **fields) -> None:
+        """Log the mean of `window` (summed step metrics) plus `fields`."""
         means = {k: float(v) / steps_in_window for k, v in jax.device_get(window).items()}
         total = self.plan.total_steps
         images_per_s, eta = speed.tick(step, batch_size=self.cfg_t.batch_size,
                                        total_steps=total)
-        self.log.write({'kind': 'train', 'step': step, 'lr': float(self.schedule(step - 1)),
-                        'images_per_s': images_per_s, **means})
-        self.log.print(f'step {step}/{total} | loss {means["loss"]:.4f} '
-                       f'({_format_terms(means)}) | acc {means["accuracy"]:.3f} | '
+        self.log.write({'kind': 'train', 'step': step, **fields, 'images_per_s': images_per_s,
+                        **means})
+        accuracy = f' | acc {means["accuracy"]:.3f}' if 'accuracy' in means else ''
+        self.log.print(f'step {step}/{total}{tag} | loss {means["loss"]:.4f} '
+                       f'({_format_terms(means)}){accuracy} | '
                        f'{images_per_s:.0f} img/s | ETA {format_duration(eta)}')
+
+    # A fine-tuning run may replace a classifier of another class count.
+    new_classifier_ok = True
+
+    def fresh_meta(self) -> dict:
+        return _fresh_meta()
 
     def resume(self):
         """(state, meta) from the newest checkpoint, or fresh ones."""
@@ -305,9 +338,10 @@ class Run:
             state = self.initial_state
             if self.cfg_t.init_from:  # only a fresh run starts from another run's weights
                 step = None if self.cfg_t.init_from_step < 0 else self.cfg_t.init_from_step
-                state = load_pretrained(state, self.cfg_t.init_from, step)
+                state = load_pretrained(state, self.cfg_t.init_from, step,
+                                        new_classifier_ok=self.new_classifier_ok)
                 self.log.print(f'initialized from {self.cfg_t.init_from}')
-            return state, _fresh_meta()
+            return state, self.fresh_meta()
         state, meta, data_state = restored
         self.batches.set_state(data_state)
         self.log.write({'kind': 'resume', 'step': meta['step']})
@@ -330,7 +364,9 @@ class Run:
             window = step_metrics if window is None else jax.tree.map(jnp.add, window,
                                                                       step_metrics)
             if cfg_t.log_every and (step % cfg_t.log_every == 0 or step == plan.total_steps):
-                self.log_window(window, step, speed)
+                self.log_window(window, step, speed,
+                                steps_in_window=(step - 1) % cfg_t.log_every + 1,
+                                lr=float(self.schedule(step - 1)))
                 window = None
             if step % plan.eval_every == 0 or step == plan.total_steps:
                 record = self.eval_record(state, step)
@@ -353,7 +389,11 @@ def train_and_evaluate(config, workdir: str, splits: Splits, *,
     extra save, as a kill would (used to test resumption).
     Returns (final TrainState, last eval or best-checkpoint record, or None).
     """
-    run = Run(config, workdir, splits)
+    return run_loop(Run(config, workdir, splits), stop_after_steps)
+
+
+def run_loop(run: Run, stop_after_steps: int | None):
+    """`run.loop(...)`, always finishing and closing its checkpoint saves."""
     try:
         return run.loop(stop_after_steps)
     finally:

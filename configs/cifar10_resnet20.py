@@ -8,6 +8,7 @@ Schedule as in the paper: batch 128, lr 0.1, /10 at 32k and 48k iterations
 (~82 and ~123 epochs of 45k images), 164 epochs, weight decay 1e-4, momentum 0.9.
 """
 
+from camjax.config_presets import cifar10_folder
 from camjax.config_schema import base_config
 from camjax.config_variants import choose, smoke
 
@@ -17,10 +18,7 @@ SMOKE = ('smoke',)
 def get_config(arg=None):
     _, is_smoke = choose(arg, {})
     config = base_config()
-    config.dataset.name = 'imagefolder:data/cifar10'
-    config.dataset.image_size = 32
-    config.dataset.mean = (0.4914, 0.4822, 0.4465)
-    config.dataset.std = (0.2470, 0.2435, 0.2616)
+    cifar10_folder(config.dataset)
     config.model = dict(name='resnet20')
     config.optimizer.learning_rate = 0.1
     config.optimizer.nesterov = False

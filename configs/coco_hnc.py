@@ -12,7 +12,8 @@ ResNet-101 lambdas, and lr 0.01 with cosine decay over 40 epochs are the start.
 The best checkpoint is picked by mean label accuracy on validation.
 """
 
-from camjax.config_schema import base_config, imagenet_input
+from camjax.config_presets import imagenet_input
+from camjax.config_schema import base_config
 from camjax.config_variants import choose, smoke
 
 OPTIONS = {'loss': ('wsce', 'hnc_mse', 'hnc_kd')}

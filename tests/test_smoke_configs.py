@@ -1,6 +1,7 @@
-"""Every shipped config's smoke variants train 2 steps end to end, so no
-config rots; and variant words are checked."""
+"""Every shipped config's smoke variants run 2 steps end to end in their mode
+(train, refine or sweep), so no config rots; and variant words are checked."""
 
+import copy
 import glob
 import importlib.util
 import os
@@ -12,9 +13,10 @@ from camjax.config_schema import validate
 from camjax.config_variants import choose
 from camjax.data import open_splits
 from camjax.errors import ConfigError
+from camjax.main import run_mode
 from camjax.objectives import validate_terms
 from camjax.runlog import read_records
-from camjax.train import train_and_evaluate
+from camjax.train import Run
 
 
 def _load(path):
@@ -32,15 +34,34 @@ def test_every_config_has_smoke_variants():
     assert {os.path.basename(p) for p in CONFIGS} == {name for name, _ in SMOKE_CASES}
 
 
+def _untrained_run(config, splits, workdir) -> str:
+    """A camjax run holding the freshly initialized model: what a refine or
+    sweep smoke variant restores (its train.init_from)."""
+    base = copy.deepcopy(config)
+    base.mode = 'train'
+    run = Run(base, workdir, splits)
+    run.ckpt.save(0, run.initial_state, meta={}, data_state=run.batches.get_state())
+    run.ckpt.wait()
+    run.ckpt.close()
+    return workdir
+
+
 @pytest.mark.parametrize('name,arg', SMOKE_CASES, ids=[f'{n}:{a}' for n, a in SMOKE_CASES])
 def test_smoke_variant_trains_two_steps(name, arg, tmp_path):
     config = _load(os.path.join(ROOT, 'configs', name)).get_config(arg)
-    validate(config, num_devices=1)
     splits = open_splits(config.dataset)
+    workdir = str(tmp_path / 'run')
+    if config.mode != 'train':
+        config.train.init_from = _untrained_run(config, splits, str(tmp_path / 'base'))
+    validate(config, num_devices=1)
     validate_terms(config.loss, num_classes=splits.num_classes, multilabel=splits.multilabel)
-    state, _ = train_and_evaluate(config, str(tmp_path), splits)
-    assert int(state.step) == 2
-    evals = [r for r in read_records(str(tmp_path)) if r['kind'] == 'eval']
+    result = run_mode(config, workdir, splits)
+    if config.mode == 'sweep':
+        assert [len(row['rounds']) for row in result['rows']] == [config.refine.rounds]
+        workdir = os.path.join(workdir, 'step_0')
+    else:
+        assert int(result[0].step) == 2
+    evals = [r for r in read_records(workdir) if r['kind'] == 'eval']
     for term in config.loss:
         assert f'loss/{term["name"]}' in evals[-1]['test']
 

@@ -31,7 +31,7 @@ batch = {'image': rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
 
 def run(devices):
     mesh = parallel.make_mesh(devices)
-    state = init_state(model, tx, seed=0, image_size=16, mesh=mesh)
+    state = init_state(model, tx.init, seed=0, image_size=16, mesh=mesh)
     step = make_train_step(model, objective, tx, mean=(0.5,) * 3, std=(0.25,) * 3, mesh=mesh)
     sharded = jax.device_put(batch, parallel.batch_sharded(mesh))
     assert len(sharded['image'].sharding.device_set) == len(devices)
@@ -162,14 +162,14 @@ def test_fine_tune_from_another_run(tmp_path):
     from camjax import parallel
     from camjax.models import build_model
     from camjax.train import init_state, load_pretrained
-    fewer = init_state(build_model('resnet8', num_classes=5, width=8), optax.sgd(0.1), seed=3,
-                       image_size=32, mesh=parallel.make_mesh())
+    fewer = init_state(build_model('resnet8', num_classes=5, width=8), optax.sgd(0.1).init,
+                       seed=3, image_size=32, mesh=parallel.make_mesh())
     loaded = load_pretrained(fewer, str(tmp_path / 'source'), None)
     assert loaded.params['classifier']['kernel'].shape == (32, 5)
     np.testing.assert_array_equal(loaded.params['classifier']['kernel'],
                                   fewer.params['classifier']['kernel'])
-    wider = init_state(build_model('resnet8', num_classes=12, width=16), optax.sgd(0.1), seed=3,
-                       image_size=32, mesh=parallel.make_mesh())
+    wider = init_state(build_model('resnet8', num_classes=12, width=16), optax.sgd(0.1).init,
+                       seed=3, image_size=32, mesh=parallel.make_mesh())
     with pytest.raises(CamjaxError, match=r'params/BasicBlock_0/\S+ has shape \(8,\), '
                                           r'the model needs \(16,\)'):
         load_pretrained(wider, str(tmp_path / 'source'), None)

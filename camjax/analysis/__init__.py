@@ -8,4 +8,8 @@ so that importing one analysis never pulls in another's dependencies.
               (exact McNemar tests, Holm / Benjamini-Hochberg correction).
   multilabel  COCO-style (mAP, CP/CR/CF1, OP/OR/OF1) and pedestrian-attribute
               style (mA, instance accuracy/precision/recall/F1) metrics.
+  weights     CAM classifier weight statistics (sparsity, negative mass) and
+              histograms across runs.
+  cam_grid    Fig. 1-style grids of positive and top negative CAMs with boxes.
+  sweep       the LinR sweet-point sweep's table, figures and sweet point.
 """
