@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 	$(VENV)/bin/python bench/step_throughput.py
 	$(VENV)/bin/python bench/loss_overhead.py
+	$(VENV)/bin/python bench/linr_overhead.py
 
 clean:
 	rm -rf $(VENV) runs
