@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/step_throughput.py
 	$(VENV)/bin/python bench/loss_overhead.py
 	$(VENV)/bin/python bench/linr_overhead.py
+	$(VENV)/bin/python bench/localization_throughput.py
 
 clean:
 	rm -rf $(VENV) runs

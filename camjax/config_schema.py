@@ -11,7 +11,7 @@ import ml_collections
 
 from camjax.errors import ConfigError
 
-MODES = ('train', 'refine', 'sweep')
+MODES = ('train', 'refine', 'sweep', 'eval', 'analyze')
 LINR_VARIANTS = ('linr', 'linrc', 'linrnl', 'linrnm')
 BATCHNORM_MODES = ('running', 'batch')
 OPTIMIZERS = ('sgd', 'adamw')
@@ -88,6 +88,22 @@ def base_config() -> ml_collections.ConfigDict:
     r.cls_optimizer = optimizer_group(learning_rate=3e-4, nesterov=False, schedule='constant')
     r.linr_optimizer = optimizer_group(learning_rate=1e-2, nesterov=False, weight_decay=0.0,
                                        schedule='constant')
+
+    # mode='eval' evaluates the run in the workdir; mode='analyze' evaluates
+    # `runs` (the first is the baseline) and writes report.html to the workdir.
+    c.evaluation = e = ml_collections.ConfigDict()
+    e.runs = ('',)                # analyze: workdirs of trained runs, baseline first
+    e.checkpoint = 'best'         # best (by validation) | latest
+    e.split = 'test'
+    e.fgsm_eps = (0.05, 0.1, 0.2, 0.3)  # on [0,1] pixels; () disables (HNC paper, Sec. 4.4)
+    e.loc_theta = 0.2             # CAM box threshold tau = theta * max M (top-1 / GT-known loc)
+    e.cam_threshold_step = 0.01   # MaxBoxAcc threshold sweep over [0, 1)
+    e.positive_weights_only = False  # CAMs from max(W, 0): negative weights clamped
+    e.sparsity_eps = 1e-3         # |w| below this counts as zero
+    e.cam_grid_images = 6         # test images in the CAM grid; 0 disables
+    e.landscape_batches = 1       # test batches for the loss landscape; 0 disables
+    e.landscape_steps = 11        # grid points per direction
+    e.landscape_span = 1.0        # grid covers [-span, span] along each direction
     return c
 
 
@@ -208,6 +224,27 @@ def validate(config, *, num_devices: int) -> None:
              'train.early_stopping_patience needs a validation split (dataset.val_fraction > 0)')
     if config.mode in ('refine', 'sweep'):
         _check_refine(config)
+    _check_evaluation(config)
+
+
+def _check_evaluation(config) -> None:
+    e = config.evaluation
+    _require(e.checkpoint in ('best', 'latest'),
+             f"evaluation.checkpoint={e.checkpoint!r} must be 'best' or 'latest'")
+    _require(e.split in ('val', 'test'), f"evaluation.split={e.split!r} must be 'val' or 'test'")
+    _require(all(0 <= x <= 1 for x in e.fgsm_eps),
+             f'evaluation.fgsm_eps must lie in [0, 1] (pixel units), got {e.fgsm_eps}')
+    _require(0 < e.loc_theta <= 1, f'evaluation.loc_theta must be in (0, 1], got {e.loc_theta}')
+    _require(0 < e.cam_threshold_step < 1,
+             f'evaluation.cam_threshold_step must be in (0, 1), got {e.cam_threshold_step}')
+    for field in ('cam_grid_images', 'landscape_batches'):
+        _require(e[field] >= 0, f'evaluation.{field} must be >= 0, got {e[field]}')
+    _require(e.landscape_steps >= 3 and e.landscape_span > 0,
+             'evaluation.landscape_steps must be >= 3 and landscape_span > 0')
+    if config.mode == 'analyze':
+        _require(e.runs and all(e.runs),
+                 'mode=analyze needs evaluation.runs: the workdirs of trained runs, baseline '
+                 "first, e.g. --config.evaluation.runs=\"('runs/a','runs/b')\"")
 
 
 def _check_optimizer(o, where: str) -> None:

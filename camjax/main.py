@@ -93,7 +93,12 @@ def run(config, workdir: str) -> None:
     if config.mode in ('refine', 'sweep'):
         from camjax.refine import check_inputs
         check_inputs(config, splits)
-    prepare_workdir(workdir, config)
+    if config.mode == 'eval':  # evaluates the run already in the workdir
+        if not os.path.isdir(workdir):
+            raise CamjaxError(f'mode=eval evaluates a trained run, and {workdir!r} does not '
+                              'exist (pass --workdir)')
+    else:
+        prepare_workdir(workdir, config)
     run_mode(config, workdir, splits)
 
 
@@ -102,6 +107,12 @@ def run_mode(config, workdir: str, splits):
     if config.mode == 'train':
         from camjax.train import train_and_evaluate
         return train_and_evaluate(config, workdir, splits)
+    if config.mode == 'eval':
+        from camjax.evaluate import evaluate
+        return evaluate(config, workdir, splits)
+    if config.mode == 'analyze':
+        from camjax.analyze import analyze
+        return analyze(config, workdir)
     from camjax import refine
     if config.mode == 'refine':
         return refine.refine(config, workdir, splits)

@@ -48,3 +48,14 @@ def run_cli(*args, env=None, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, '-m', 'camjax.main', *args], cwd=ROOT,
                           capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+@pytest.fixture(scope='session')
+def default_run(tmp_path_factory):
+    """The README's demo command (configs/default.py on the embedded synthetic
+    dataset), trained once per session: (workdir, seconds, CompletedProcess)."""
+    import time
+    workdir = tmp_path_factory.mktemp('runs') / 'default'
+    start = time.perf_counter()
+    result = run_cli('--config=configs/default.py', f'--workdir={workdir}', timeout=900)
+    return workdir, time.perf_counter() - start, result

@@ -5,11 +5,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
-from conftest import ROOT, run_cli, small_config
+from conftest import ROOT, small_config
 
 from camjax.checkpoint import restore_model_variables
 from camjax.data import open_splits
@@ -120,12 +119,9 @@ def test_linear_model_early_stops_and_keeps_best(tmp_path):
     assert np.asarray(kept['params']['classifier']['kernel']).shape == (32 * 32 * 3, 12)
 
 
-def test_default_config_trains_offline_within_ten_minutes(tmp_path):
+def test_default_config_trains_offline_within_ten_minutes(default_run):
     """Acceptance: the README's demo command on the embedded synthetic dataset."""
-    workdir = tmp_path / 'default'
-    start = time.perf_counter()
-    result = run_cli('--config=configs/default.py', f'--workdir={workdir}', timeout=900)
-    elapsed = time.perf_counter() - start
+    workdir, elapsed, result = default_run
     assert result.returncode == 0, result.stderr[-3000:]
     records = read_records(str(workdir))
     final_eval = [r for r in records if r['kind'] == 'eval'][-1]
@@ -173,3 +169,16 @@ def test_fine_tune_from_another_run(tmp_path):
     with pytest.raises(CamjaxError, match=r'params/BasicBlock_0/\S+ has shape \(8,\), '
                                           r'the model needs \(16,\)'):
         load_pretrained(wider, str(tmp_path / 'source'), None)
+
+
+def test_label_noise_is_stored_with_the_run(tmp_path):
+    config = small_config(**{'dataset.label_noise': 'symmetric', 'dataset.label_noise_rate': 0.4,
+                             'train.num_steps': 1})
+    splits = open_splits(config.dataset)
+    train_and_evaluate(config, str(tmp_path), splits)
+    saved = np.load(tmp_path / 'label_noise.npz')
+    np.testing.assert_array_equal(saved['noisy'], splits.train_label_noise['noisy'])
+    flipped = saved['flipped']
+    assert 0.3 < flipped.mean() < 0.5
+    assert np.all(saved['noisy'][flipped] != saved['original'][flipped])
+    assert np.all(saved['noisy'][~flipped] == saved['original'][~flipped])

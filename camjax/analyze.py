@@ -1,0 +1,219 @@
+"""Mode 'analyze': evaluate one or more trained runs (`evaluation.runs`, the
+first is the baseline) on the same test images and write what the
+regularizers did into this workdir: `analysis.json` and a self-contained
+`report.html` with the per-class effects (paired exact McNemar tests, Holm
+correction), classifier-weight histograms and sparsity, CAM grids, the loss
+landscape on shared directions, train / validation curves and the configs.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from camjax import landscape, localization, parallel
+from camjax.analysis import cam_grid, per_class
+from camjax.analysis import weights as weight_analysis
+from camjax.analysis.curves import curves_png
+from camjax.analysis.report import Report
+from camjax.data import eval_batches, normalize_images, open_splits
+from camjax.data.transforms import to_rgb
+from camjax.errors import CamjaxError
+from camjax.evaluate import evaluate_run, run_config, summary_line
+from camjax.models import CLASSIFIER
+from camjax.runlog import read_records
+from camjax.train import forward
+
+
+def _names(workdirs) -> list[str]:
+    """Short, unique run names: the workdirs' base names (or full paths)."""
+    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    return names if len(set(names)) == len(names) else list(workdirs)
+
+
+def _evaluate_runs(config, mesh):
+    """{name: (run config, splits, evaluate_run results)} for every run."""
+    runs = {}
+    for name, workdir in zip(_names(config.evaluation.runs), config.evaluation.runs,
+                             strict=True):
+        run_cfg = run_config(workdir)
+        run_cfg.evaluation = config.evaluation
+        splits = open_splits(run_cfg.dataset, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+        runs[name] = (run_cfg, splits, evaluate_run(run_cfg, workdir, splits, mesh=mesh))
+    labels = [r[2]['_outputs']['label'] for r in runs.values()]
+    if any(x.shape != labels[0].shape or not np.array_equal(x, labels[0]) for x in labels):
+        raise CamjaxError('the runs were not evaluated on the same test images in the same '
+                          'order; a paired comparison needs one test set')
+    return runs
+
+
+def _summary_rows(runs) -> list[dict]:
+    rows = []
+    for name, (_, _, res) in runs.items():
+        row = {'run': name, 'accuracy': res.get('classification', {}).get('accuracy')}
+        row.update({k: res.get('localization', {}).get(k) for k in
+                    ('top1_loc', 'gt_known_loc', 'max_box_acc', 'max_box_acc_v2')})
+        row.update({f'fgsm {k}': v for k, v in res.get('fgsm', {}).items()})
+        row.update({'sparsity': res['weights']['sparsity'],
+                    'negative mass': res['weights']['negative_mass_share']})
+        if 'multilabel' in res:
+            row.update({'mAP': res['multilabel']['coco']['mAP'],
+                        'mA': res['multilabel']['attributes']['mA']})
+        rows.append(row)
+    return rows
+
+
+def _cam_panels(runs, count: int, seed: int, theta: float) -> dict:
+    """Fig. 1-style panels of the same test images for every run."""
+    first = next(iter(runs.values()))
+    n = len(first[2]['_outputs']['label'])
+    chosen = cam_grid.select_images(n, min(count, n), seed)
+    panels = {}
+    for name, (cfg, splits, res) in runs.items():
+        model, state = res['_model']
+        source = getattr(splits, cfg.evaluation.split)
+        size = cfg.dataset.image_size
+        images = np.stack([to_rgb(source[int(i)]['image'], size) for i in chosen])
+        _, features, _ = forward(model, state.params, state.batch_stats, normalize_images(
+            images, mean=tuple(cfg.dataset.mean), std=tuple(cfg.dataset.std)), train=False)
+        outputs = res['_outputs']
+        maps = localization.normalize_cams(cams=outputs['cam'][chosen], size=(size, size))
+        boxes = np.asarray(localization.largest_component_box(
+            masks=maps >= theta * maps.max(axis=(1, 2), keepdims=True)))
+        kernel = np.asarray(state.params[CLASSIFIER]['kernel'])
+        if cfg.evaluation.positive_weights_only:
+            kernel = weight_analysis.clamp_negative(kernel)
+        panels[name] = [cam_grid.make_panel(
+            image=images[j], features=np.asarray(features[j]), kernel=kernel,
+            probs=outputs['scores'][i], class_names=splits.class_names,
+            label=int(outputs['label'][i]),
+            gt_boxes=outputs['bbox'][i] if 'bbox' in outputs else None,
+            pred_box=boxes[j] if boxes[j][0] >= 0 else None, image_caption=f'#{i}')
+            for j, i in enumerate(chosen)]
+    return panels
+
+
+def _landscapes(runs, config, mesh) -> dict | None:
+    """Loss grids of the runs sharing the baseline's architecture, on shared
+    directions, over the first `evaluation.landscape_batches` test batches."""
+    e = config.evaluation
+    names = list(runs)
+    base_shapes = jax.tree.map(np.shape, runs[names[0]][2]['_model'][1].params)
+    names = [n for n in names
+             if jax.tree.map(np.shape, runs[n][2]['_model'][1].params) == base_shapes]
+    loss_fns, params = {}, {}
+    for name in names:
+        cfg, splits, res = runs[name]
+        model, state = res['_model']
+        batches = []
+        for batch in eval_batches(getattr(splits, e.split), cfg=cfg.dataset,
+                                  global_batch=cfg.train.eval_batch_size,
+                                  global_size=splits.sizes[e.split],
+                                  sharding=parallel.batch_sharded(mesh)):
+            batches.append(batch)
+            if len(batches) == e.landscape_batches:
+                break
+        loss_fns[name] = landscape.make_dataset_loss_fn(
+            model, state.batch_stats, batches, tuple(cfg.dataset.mean), tuple(cfg.dataset.std),
+            mesh=mesh)
+        params[name] = state.params
+    return landscape.landscape(loss_fns=loss_fns, params=params, key=jax.random.key(0),
+                               steps=e.landscape_steps, span=e.landscape_span)
+
+
+def analyze(config, workdir: str, splits=None) -> dict:
+    """Evaluate `config.evaluation.runs` and write analysis.json and
+    report.html into `workdir`. Returns the analysis summary."""
+    e = config.evaluation
+    mesh = parallel.make_mesh()
+    runs = _evaluate_runs(config, mesh)
+    names = list(runs)
+    baseline = names[0]
+    report = Report(f'camjax analysis: {", ".join(names)}')
+    summary = {'runs': {n: {k: v for k, v in runs[n][2].items() if not k.startswith('_')}
+                        for n in names}, 'per_class': {}}
+
+    comparisons = {}
+    single_label = 'classification' in runs[baseline][2]
+    if single_label:
+        labels = runs[baseline][2]['_outputs']['label'].astype(np.int64)
+        predictions = {n: np.argmax(runs[n][2]['_outputs']['scores'], -1) for n in names}
+        for name in names[1:]:
+            comparisons[name] = per_class.compare_per_class(
+                labels=labels, baseline_pred=predictions[baseline], treated_pred=predictions[name],
+                num_classes=runs[baseline][1].num_classes,
+                class_names=runs[baseline][1].class_names)
+            summary['per_class'][name] = comparisons[name].to_dict()
+
+    report.heading('Summary')
+    for name in names:
+        report.paragraph(f'{name}: {summary_line(runs[name][2])}')
+    for name, result in comparisons.items():
+        report.paragraph(f'{name} vs {baseline}: {result.headline}', strong=True)
+    report.table(_summary_rows(runs))
+
+    for name, result in comparisons.items():
+        report.heading(f'Per-class effects: {name} vs {baseline}')
+        report.paragraph(result.headline, strong=True)
+        report.figure(per_class.plot_per_class_deltas(result, title=f'{name} - {baseline}'),
+                      'per-class accuracy change (percent points); * significant after Holm')
+        report.table(per_class.per_class_table_rows(result))
+
+    report.heading('CAM classifier weights')
+    kernels = {n: np.asarray(runs[n][2]['_model'][1].params[CLASSIFIER]['kernel']) for n in names}
+    report.figure(weight_analysis.weight_histogram_png(kernels, eps=e.sparsity_eps),
+                  'classifier weights: positive and |negative| separately, runs overlaid')
+    points = [{'name': n, 'sparsity': runs[n][2]['weights']['sparsity'],
+               'accuracy': runs[n][2].get('classification', {}).get('accuracy'),
+               'loc_accuracy': runs[n][2].get('localization', {}).get('gt_known_loc')}
+              for n in names]
+    if all(p['accuracy'] is not None for p in points):
+        report.figure(weight_analysis.accuracy_vs_sparsity_png(points),
+                      'classification and GT-known localization accuracy against sparsity')
+
+    if single_label and e.cam_grid_images:
+        report.heading('Class activation maps')
+        report.figure(cam_grid.cam_grid_png(_cam_panels(runs, e.cam_grid_images, config.seed,
+                                                        e.loc_theta)),
+                      'input, ground-truth class CAM (green: true box, red: CAM box at '
+                      f'theta={e.loc_theta}), top-4 negative CAMs by probability')
+
+    if single_label and e.landscape_batches:
+        grids = _landscapes(runs, config, mesh)
+        report.heading('Loss landscape (filter-normalized directions, Li et al. 2018)')
+        a, b = grids['alphas'], grids['betas']
+        report.figure(landscape.compare_png(a, b, grids['grids']), 'contours on shared directions')
+        for name, grid in grids['grids'].items():
+            report.figure(landscape.heatmap_png(a, b, grid, name), f'{name}: heat map')
+            report.figure(landscape.surface_png(a, b, grid, name), f'{name}: surface')
+        summary['landscape'] = {n: float(g[len(a) // 2, len(b) // 2])
+                                for n, g in grids['grids'].items()}
+
+    report.heading('Training curves')
+    report.figure(curves_png({n: read_records(w) for n, w in
+                              zip(names, e.runs, strict=True)}),
+                  'from each run\'s metrics.jsonl')
+    report.heading('Configs')
+    report.preformatted(json.dumps(config.to_dict(), indent=2, default=str),
+                        summary='this analysis')
+    for name in names:
+        report.preformatted(json.dumps(runs[name][0].to_dict(), indent=2, default=str),
+                            summary=name)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, 'analysis.json'), 'w') as f:
+            json.dump(summary, f, indent=2, default=_json_default)
+        with open(os.path.join(workdir, 'report.html'), 'w') as f:
+            f.write(report.html())
+        for name, result in comparisons.items():
+            print(f'{name} vs {baseline}: {result.headline}', flush=True)
+        print(f'wrote {os.path.join(workdir, "report.html")}', flush=True)
+    return summary
+
+
+def _json_default(value):
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return str(value)

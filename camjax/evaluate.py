@@ -1,0 +1,261 @@
+"""Evaluation of a trained run (`config.mode = 'eval'`): classification with
+per-class accuracy, CAM localization, FGSM robustness, classifier-weight
+statistics and multi-label metrics, on the run's best (or latest) checkpoint.
+
+Read top to bottom: restoring a run -> one pass collecting outputs -> the
+metrics -> `evaluate_run`, which writes `<workdir>/eval/eval.json` and
+`predictions.npz` (the paired predictions `analyze` compares).
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from camjax import localization, parallel
+from camjax.analysis import multilabel as multilabel_metrics
+from camjax.analysis import weights as weight_analysis
+from camjax.data import eval_batches, normalize_images
+from camjax.errors import CamjaxError
+from camjax.models import CLASSIFIER, build_model
+from camjax.train import forward, init_state, load_pretrained, model_kwargs
+
+EVAL_DIR = 'eval'
+
+
+# =============================================================================
+# Restoring a run
+# =============================================================================
+def _tuples(value):
+    """JSON lists back to the tuples the config had (hashable module fields)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a camjax run wrote to `workdir/config.json`."""
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        raise CamjaxError(f'{workdir!r} is not a camjax run (no config.json)')
+    with open(path) as f:
+        return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def restore_model(config, workdir: str, *, num_classes: int, which: str, mesh):
+    """(model, state) of `workdir`'s best checkpoint (`which='best'`, falling
+    back to the newest when the run kept none) or its newest ('latest')."""
+    model = build_model(config.model.name, num_classes=num_classes,
+                        **model_kwargs(config.model))
+    state = init_state(model, lambda params: {}, seed=config.seed,
+                       image_size=config.dataset.image_size, mesh=mesh)
+    best = os.path.join(workdir, 'best')
+    source = best if which == 'best' and os.path.isdir(best) and os.listdir(best) else workdir
+    return model, load_pretrained(state, source, None, new_classifier_ok=False)
+
+
+# =============================================================================
+# One pass over a split
+# =============================================================================
+def make_output_step(model, *, mean, std, mesh, positive_weights_only: bool):
+    """Jitted `(state, batch) -> outputs` of one eval batch: 'scores'
+    (softmax, or sigmoid for multi-label (B,K) labels) and, for single-label
+    data, 'cam' (B,h,w): the ground-truth class's CAM without bias, from the
+    positive classifier weights only if asked (negative weights clamped)."""
+
+    def step(state, batch):
+        images = normalize_images(batch['image'], mean=mean, std=std)
+        logits, features, _ = forward(model, state.params, state.batch_stats, images,
+                                      train=False)
+        logits = logits.astype(jnp.float32)
+        if batch['label'].ndim == 2:
+            return {'scores': jax.nn.sigmoid(logits)}
+        kernel = state.params[CLASSIFIER]['kernel']
+        if positive_weights_only:
+            kernel = jnp.maximum(kernel, 0.0)
+        columns = jnp.take(kernel, batch['label'], axis=1)            # (C, B)
+        cam = jnp.einsum('bhwc,cb->bhw', features.astype(jnp.float32), columns)
+        return {'scores': jax.nn.softmax(logits), 'cam': cam}
+
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=sharded)
+
+
+def _host(x):
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def collect_outputs(step, state, batches) -> dict:
+    """Host arrays over every real example: 'label', 'scores', and where
+    present 'cam' and 'bbox'."""
+    parts = {}
+    for batch in batches:
+        outputs = step(state, batch)
+        keep = _host(batch['mask']) > 0
+        for key, value in {**outputs, 'label': batch['label'],
+                           **({'bbox': batch['bbox']} if 'bbox' in batch else {})}.items():
+            parts.setdefault(key, []).append(_host(value)[keep])
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+# =============================================================================
+# Metrics
+# =============================================================================
+def classification_metrics(*, labels, scores, num_classes: int) -> dict:
+    predictions = np.argmax(scores, axis=-1)
+    correct = predictions == labels
+    counts = np.bincount(labels, minlength=num_classes)
+    hits = np.bincount(labels, weights=correct, minlength=num_classes)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        per_class = hits / counts
+    top5 = np.argsort(-scores, axis=-1)[:, :5]
+    return {'count': int(labels.size), 'accuracy': float(np.mean(correct)),
+            'top5_accuracy': float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
+            'per_class_accuracy': [None if np.isnan(a) else float(a) for a in per_class]}
+
+
+def centred_box_baseline(gt_boxes, size: int, *, iou_threshold: float = 0.5) -> dict:
+    """Localization of a box centred in the image with the mean ground-truth
+    box size: the score of knowing the typical box but nothing about the image.
+    CAM localization should beat it."""
+    first = gt_boxes[:, 0].astype(np.float64)
+    w = float(np.mean(first[:, 2] - first[:, 0] + 1))
+    h = float(np.mean(first[:, 3] - first[:, 1] + 1))
+    x0, y0 = round((size - w) / 2), round((size - h) / 2)
+    box = np.asarray([x0, y0, x0 + round(w) - 1, y0 + round(h) - 1], np.float32)
+    iou = np.asarray(localization.box_iou(a=np.broadcast_to(box, gt_boxes.shape),
+                                          b=gt_boxes.astype(np.float32)))
+    return {'box': box.tolist(), 'loc': float(np.mean(np.max(iou, axis=-1) >= iou_threshold))}
+
+
+def localization_metrics(*, cams, gt_boxes, correct, image_size: int, theta: float,
+                         threshold_step: float, chunk: int = 1024) -> dict:
+    """Top-1 / GT-known loc at tau = theta * max (CAM paper), MaxBoxAcc (IoU
+    0.5) and MaxBoxAccV2 (all components, IoU 0.3/0.5/0.7) over CAM thresholds
+    0, step, ..., < 1 -- on ground-truth-class CAMs upsampled to the image and
+    min-max normalized, in chunks of images to bound memory."""
+    thresholds = np.arange(0.0, 1.0, threshold_step)
+    ious = {'fixed': [], 'v1': [], 'v2': []}
+    for start in range(0, len(cams), chunk):
+        maps = localization.normalize_cams(cams=cams[start:start + chunk],
+                                           size=(image_size, image_size))
+        boxes = gt_boxes[start:start + chunk]
+        ious['fixed'].append(localization.fixed_threshold_loc(
+            cams=maps, gt_boxes=boxes, pred_correct=correct[start:start + chunk],
+            theta=theta)['iou'])
+        ious['v1'].append(localization.threshold_ious(cams=maps, gt_boxes=boxes,
+                                                      thresholds=thresholds))
+        ious['v2'].append(localization.threshold_ious(cams=maps, gt_boxes=boxes,
+                                                      thresholds=thresholds,
+                                                      multi_contour=True))
+    fixed = np.concatenate(ious['fixed']) >= 0.5
+    v1 = localization.box_accuracy(ious=np.concatenate(ious['v1']), thresholds=thresholds)
+    v2 = localization.box_accuracy(ious=np.concatenate(ious['v2']), thresholds=thresholds,
+                                   iou_thresholds=(0.3, 0.5, 0.7))
+    return {'theta': theta, 'gt_known_loc': float(np.mean(fixed)),
+            'top1_loc': float(np.mean(fixed & correct)),
+            'max_box_acc': float(v1['box_acc'][0]),
+            'max_box_acc_threshold': float(v1['best_threshold'][0]),
+            'max_box_acc_v2': v2['box_acc_mean'],
+            'max_box_acc_v2_per_iou': {f'{t:.1f}': float(a) for t, a in
+                                       zip(v2['iou_thresholds'], v2['box_acc'], strict=True)},
+            'max_box_acc_v2_thresholds': [float(t) for t in v2['best_threshold']],
+            'centred_box_baseline': centred_box_baseline(gt_boxes, image_size)}
+
+
+# =============================================================================
+# A whole run
+# =============================================================================
+def evaluate_run(config, workdir: str, splits, *, mesh=None, write: bool = True) -> dict:
+    """Evaluate the run in `workdir` (built from `config`) on
+    `config.evaluation.split`; returns the results and, with `write`, stores
+    them in `workdir/eval/`. Also returns the host outputs under '_outputs'
+    and the restored (model, state) under '_model' for `analyze`."""
+    from camjax import robustness
+
+    e, d = config.evaluation, config.dataset
+    mesh = mesh or parallel.make_mesh()
+    model, state = restore_model(config, workdir, num_classes=splits.num_classes,
+                                 which=e.checkpoint, mesh=mesh)
+    source = getattr(splits, e.split)
+    if source is None:
+        raise CamjaxError(f'the dataset has no {e.split!r} split to evaluate')
+
+    def batches():
+        return eval_batches(source, cfg=d, global_batch=config.train.eval_batch_size,
+                            global_size=splits.sizes[e.split],
+                            sharding=parallel.batch_sharded(mesh))
+
+    norm = {'mean': tuple(d.mean), 'std': tuple(d.std), 'mesh': mesh}
+    step = make_output_step(model, positive_weights_only=e.positive_weights_only, **norm)
+    outputs = collect_outputs(step, state, batches())
+    kernel = np.asarray(jax.device_get(state.params[CLASSIFIER]['kernel']), np.float32)
+    results = {'workdir': workdir, 'split': e.split, 'checkpoint': e.checkpoint,
+               'weights': {k: v for k, v in weight_analysis.weight_stats(
+                   kernel, eps=e.sparsity_eps).items()}}
+    if splits.multilabel:
+        labels = outputs['label'].astype(np.int64)
+        results['multilabel'] = {
+            'coco': multilabel_metrics.coco_metrics(scores=outputs['scores'], labels=labels),
+            'attributes': multilabel_metrics.pedestrian_attribute_metrics(
+                scores=outputs['scores'], labels=labels)}
+    else:
+        labels = outputs['label'].astype(np.int64)
+        results['classification'] = classification_metrics(
+            labels=labels, scores=outputs['scores'], num_classes=splits.num_classes)
+        correct = np.argmax(outputs['scores'], -1) == labels
+        if 'bbox' in outputs:
+            results['localization'] = localization_metrics(
+                cams=outputs['cam'], gt_boxes=outputs['bbox'], correct=correct,
+                image_size=d.image_size, theta=e.loc_theta, threshold_step=e.cam_threshold_step)
+            results['localization']['positive_weights_only'] = e.positive_weights_only
+        if e.fgsm_eps:
+            fgsm = robustness.make_fgsm_eval_step(model, eps_values=tuple(e.fgsm_eps),
+                                                  num_classes=splits.num_classes, **norm)
+            results['fgsm'] = {f'{k:g}': v for k, v in
+                               robustness.fgsm_accuracy(fgsm, state, batches()).items()}
+    if write and jax.process_index() == 0:
+        out = os.path.join(workdir, EVAL_DIR)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, 'eval.json'), 'w') as f:
+            json.dump(results, f, indent=2)
+        np.savez_compressed(os.path.join(out, 'predictions.npz'), labels=outputs['label'],
+                            scores=outputs['scores'])
+    return {**results, '_outputs': outputs, '_model': (model, state)}
+
+
+def summary_line(results: dict) -> str:
+    """One line: accuracy, localization and FGSM numbers of `evaluate_run`."""
+    parts = []
+    if 'classification' in results:
+        parts.append(f'accuracy {100 * results["classification"]["accuracy"]:.2f}')
+    if 'multilabel' in results:
+        parts.append(f'mAP {100 * results["multilabel"]["coco"]["mAP"]:.2f}')
+    loc = results.get('localization')
+    if loc:
+        parts.append(f'top-1 loc {100 * loc["top1_loc"]:.2f}, GT-known loc '
+                     f'{100 * loc["gt_known_loc"]:.2f}, MaxBoxAcc {100 * loc["max_box_acc"]:.2f}'
+                     f', MaxBoxAccV2 {100 * loc["max_box_acc_v2"]:.2f} (centred box '
+                     f'{100 * loc["centred_box_baseline"]["loc"]:.2f})')
+    if 'fgsm' in results:
+        parts.append('FGSM ' + ', '.join(f'eps {k}: {100 * v:.2f}'
+                                         for k, v in results['fgsm'].items()))
+    parts.append(f'classifier sparsity {100 * results["weights"]["sparsity"]:.1f}%')
+    return '; '.join(parts)
+
+
+def evaluate(config, workdir: str, splits) -> dict:
+    """Mode 'eval': evaluate the run in `workdir` and print the summary."""
+    results = evaluate_run(config, workdir, splits)
+    if jax.process_index() == 0:
+        print(f'eval ({config.evaluation.split}, {config.evaluation.checkpoint} checkpoint): '
+              + summary_line(results), flush=True)
+    return results

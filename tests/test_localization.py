@@ -1,0 +1,318 @@
+"""camjax.localization: IoU, component boxes, MaxBoxAcc / V2 and fixed-threshold
+loc, checked by hand and against a scipy.ndimage reference loop."""
+
+import numpy as np
+import pytest
+
+from camjax import localization as loc
+
+ndimage = pytest.importorskip('scipy.ndimage')
+STRUCTURE = np.ones((3, 3), bool)  # 8-connectivity
+
+
+# =============================================================================
+# Reference: a per-image, per-threshold scipy loop.
+# =============================================================================
+def ref_iou(a, b):
+    if min(a) < 0 or min(b) < 0:
+        return 0.0
+    iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)
+    return iw * ih / (area(a) + area(b) - iw * ih)
+
+
+def ref_components(mask):
+    """scipy: (boxes in label order, areas)."""
+    labels, num = ndimage.label(mask, structure=STRUCTURE)
+    boxes = [(s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1)
+             for s in ndimage.find_objects(labels)]
+    return boxes, np.bincount(labels.ravel(), minlength=num + 1)[1:]
+
+
+def ref_threshold_ious(cams, gt_boxes, thresholds, multi_contour):
+    out = np.zeros((len(cams), len(thresholds)), np.float32)
+    for i, cam in enumerate(cams):
+        for k, thr in enumerate(np.asarray(thresholds, np.float32)):
+            boxes, areas = ref_components(cam >= thr)
+            if boxes:
+                boxes = boxes if multi_contour else [boxes[int(np.argmax(areas))]]
+                out[i, k] = max(ref_iou(b, g) for b in boxes for g in gt_boxes[i])
+    return out
+
+
+def smooth_cams(rng, n, size):
+    """Sums of 1-4 Gaussian blobs, min-max normalized to [0, 1]."""
+    yy, xx = np.mgrid[:size, :size]
+    cams = np.zeros((n, size, size))
+    for i in range(n):
+        for _ in range(rng.integers(1, 5)):
+            cy, cx = rng.uniform(0, size, 2)
+            sigma = rng.uniform(0.05, 0.3) * size
+            cams[i] += rng.uniform(0.3, 1) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2)
+                                                     / (2 * sigma ** 2))
+    lo, hi = cams.min(axis=(1, 2), keepdims=True), cams.max(axis=(1, 2), keepdims=True)
+    return ((cams - lo) / (hi - lo)).astype(np.float32)
+
+
+def random_boxes(rng, n, size, max_boxes=3):
+    boxes = np.full((n, max_boxes, 4), -1, np.float32)
+    for i in range(n):
+        for j in range(rng.integers(1, max_boxes + 1)):
+            x0, y0 = rng.integers(0, size - 2, 2)
+            boxes[i, j] = x0, y0, rng.integers(x0, size), rng.integers(y0, size)
+    return boxes
+
+
+# =============================================================================
+# IoU.
+# =============================================================================
+def test_box_iou_inclusive_coordinates():
+    iou = lambda a, b: float(loc.box_iou(a=np.array(a), b=np.array(b)))
+    assert iou([0, 0, 0, 0], [0, 0, 0, 0]) == 1.0             # one pixel, area 1
+    assert iou([0, 0, 1, 1], [1, 1, 2, 2]) == pytest.approx(1 / 7)  # 4 + 4 - 1
+    assert iou([0, 0, 3, 1], [0, 0, 1, 1]) == pytest.approx(4 / 8)
+    assert iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0             # touching corners: disjoint
+    assert iou([2, 3, 5, 9], [2, 3, 5, 9]) == 1.0
+    assert iou([-1, -1, -1, -1], [0, 0, 5, 5]) == 0.0         # gt padding row
+    assert iou([-1, -1, -1, -1], [-1, -1, -1, -1]) == 0.0     # empty vs padding: 0, not NaN
+    assert iou([3, 3, 2, 2], [0, 0, 5, 5]) == 0.0             # x1 < x0: empty
+
+
+def test_box_iou_broadcasts():
+    a = np.array([[0, 0, 3, 3], [0, 0, 1, 1]])                # (2, 4)
+    b = np.array([[[0, 0, 3, 3]], [[2, 2, 3, 3]]])            # (2, 1, 4)
+    out = np.asarray(loc.box_iou(a=a, b=b))
+    np.testing.assert_allclose(out, [[1.0, 0.25], [0.25, 0.0]])
+
+
+# =============================================================================
+# Components of masks.
+# =============================================================================
+def draw(*rows):
+    return np.array([[ch == '#' for ch in row] for row in rows])
+
+
+DIAGONAL = draw('#....',
+                '.#...',
+                '..#..',
+                '...#.',
+                '....#')
+TWO = draw('##...',
+           '##..#',
+           '....#',
+           '.....',
+           '.....')
+TIE = draw('#...#',
+           '#...#',
+           '.....',
+           '..#..',
+           '.....')
+EMPTY = draw('.....', '.....', '.....', '.....', '.....')
+
+
+def test_components_by_hand():
+    masks = np.stack([DIAGONAL, TWO, TIE, EMPTY])
+    labels, num = loc.label_components(masks=masks)
+    np.testing.assert_array_equal(num, [1, 2, 3, 0])          # the diagonal chain is one
+    np.testing.assert_array_equal(np.asarray(labels[1]), [[1, 1, 0, 0, 0],
+                                                          [1, 1, 0, 0, 2],
+                                                          [0, 0, 0, 0, 2],
+                                                          [0, 0, 0, 0, 0],
+                                                          [0, 0, 0, 0, 0]])
+    boxes, areas = loc.component_boxes(masks=masks)
+    np.testing.assert_array_equal(boxes[0], [[0, 0, 4, 4], [-1] * 4, [-1] * 4])
+    np.testing.assert_array_equal(areas[0], [5, 0, 0])
+    np.testing.assert_array_equal(boxes[1, :2], [[0, 0, 1, 1], [4, 1, 4, 2]])
+    np.testing.assert_array_equal(areas[1], [4, 2, 0])
+    np.testing.assert_array_equal(boxes[3], -np.ones((3, 4)))
+    largest = np.asarray(loc.largest_component_box(masks=masks))
+    np.testing.assert_array_equal(largest, [[0, 0, 4, 4],     # diagonal: one 5x5 box
+                                            [0, 0, 1, 1],     # the 4-pixel square wins
+                                            [0, 0, 0, 1],     # tie 2 vs 2: first in raster
+                                            [-1, -1, -1, -1]])  # nothing: empty box
+    assert float(loc.box_iou(a=largest[3], b=np.array([0, 0, 4, 4]))) == 0.0
+
+
+def test_components_match_scipy():
+    rng = np.random.default_rng(0)
+    masks = np.concatenate([rng.random((12, 13, 17)) < p for p in (0.3, 0.5, 0.7)])
+    labels, num = loc.label_components(masks=masks)
+    boxes, areas = loc.component_boxes(masks=masks)
+    largest = np.asarray(loc.largest_component_box(masks=masks))
+    for i, mask in enumerate(masks):
+        ref_labels, ref_num = ndimage.label(mask, structure=STRUCTURE)
+        np.testing.assert_array_equal(labels[i], ref_labels)  # same numbering as scipy
+        assert num[i] == ref_num
+        ref_boxes, ref_areas = ref_components(mask)
+        np.testing.assert_array_equal(boxes[i, :ref_num], ref_boxes)
+        np.testing.assert_array_equal(areas[i, :ref_num], ref_areas)
+        np.testing.assert_array_equal(largest[i], ref_boxes[int(np.argmax(ref_areas))])
+
+
+def test_component_boxes_max_components_pads_and_truncates():
+    masks = np.stack([TWO, TIE])
+    boxes, areas = loc.component_boxes(masks=masks, max_components=2)
+    np.testing.assert_array_equal(areas, [[4, 2], [2, 2]])    # TIE's third one dropped
+    boxes, _ = loc.component_boxes(masks=masks, max_components=5)
+    assert boxes.shape == (2, 5, 4) and np.all(np.asarray(boxes[:, 3:]) == -1)
+
+
+# =============================================================================
+# Threshold sweeps.
+# =============================================================================
+def test_levels_both_paths_match_numpy():
+    rng = np.random.default_rng(1)
+    cams = rng.random((3, 6, 7)).astype(np.float32)
+    for num_t in (50, 200):  # unrolled compares / binary search
+        thr = rng.random(num_t).astype(np.float32)
+        thr[3] = cams[0, 0, 0]  # an exact tie counts as >=
+        thr = np.sort(thr)
+        level, lo, hi = (np.asarray(x) for x in loc._levels(cams, thr))
+        above = cams[..., None] >= thr
+        np.testing.assert_array_equal(level, above.sum(-1))
+        np.testing.assert_array_equal(lo, np.where(above, thr, -np.inf).max(-1))
+        np.testing.assert_array_equal(hi, np.where(above, np.inf, thr).min(-1))
+
+
+def test_max_box_acc_by_hand():
+    """8x8 maps, thresholds 0.2 / 0.6.
+    A: a 4x4 plateau at 0.5 and a 2x2 one at 0.9 (the gt). At 0.2 the largest
+       component is the wrong 4x4 one (V1 miss) but V2 also sees the 2x2 box
+       (IoU 1); at 0.6 only the 2x2 one is left.
+    B: a 4x4 plateau at 0.4, gt one row taller (IoU 16/20 = 0.8); at 0.6 the
+       mask is empty (IoU 0)."""
+    cams = np.zeros((2, 8, 8), np.float32)
+    cams[0, 0:4, 0:4], cams[0, 6:8, 6:8] = 0.5, 0.9
+    cams[1, 2:6, 2:6] = 0.4
+    gt = np.array([[[6, 6, 7, 7], [-1, -1, -1, -1]],
+                   [[2, 2, 5, 6], [-1, -1, -1, -1]]], np.float32)
+    thr = np.array([0.2, 0.6])
+    v1 = loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=thr)
+    v2 = loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=thr, multi_contour=True)
+    np.testing.assert_allclose(v1, [[0.0, 1.0], [0.8, 0.0]])
+    np.testing.assert_allclose(v2, [[1.0, 1.0], [0.8, 0.0]])
+
+    acc = loc.max_box_acc(cams=cams, gt_boxes=gt, thresholds=thr, iou_thresholds=(0.5, 0.9))
+    np.testing.assert_allclose(acc['curve'], [[0.5, 0.5], [0.0, 0.5]])
+    np.testing.assert_allclose(acc['box_acc'], [0.5, 0.5])
+    np.testing.assert_allclose(acc['best_threshold'], [0.2, 0.6])  # lowest on ties
+    assert acc['box_acc_mean'] == pytest.approx(0.5)
+    acc2 = loc.max_box_acc_v2(cams=cams, gt_boxes=gt, thresholds=thr,
+                              iou_thresholds=(0.5, 0.9))
+    np.testing.assert_allclose(acc2['curve'], [[1.0, 0.5], [0.5, 0.5]])
+    np.testing.assert_allclose(acc2['box_acc'], [1.0, 0.5])
+    np.testing.assert_allclose(acc2['best_threshold'], [0.2, 0.2])
+    assert acc2['box_acc_mean'] == pytest.approx(0.75)
+
+
+def test_foreground_is_greater_or_equal():
+    cams = np.zeros((1, 6, 6), np.float32)
+    cams[0, 1:3, 1:3] = 0.5                                  # exactly at the threshold
+    gt = np.array([[[1, 1, 2, 2]]], np.float32)
+    np.testing.assert_allclose(loc.threshold_ious(cams=cams, gt_boxes=gt,
+                                                  thresholds=[0.5, 0.50001]), [[1.0, 0.0]])
+
+
+@pytest.fixture(scope='module')
+def random_case():
+    rng = np.random.default_rng(2)
+    cams, gt = smooth_cams(rng, 200, 32), random_boxes(rng, 200, 32)
+    thresholds = np.linspace(0.0, 0.95, 20)
+    return cams, gt, thresholds
+
+
+@pytest.mark.parametrize('multi_contour', [False, True])
+def test_sweep_matches_scipy_loop(random_case, multi_contour):
+    cams, gt, thresholds = random_case
+    ref = ref_threshold_ious(cams, gt, thresholds, multi_contour)
+    ious = loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=thresholds,
+                              multi_contour=multi_contour)
+    np.testing.assert_allclose(ious, ref, rtol=1e-6, atol=0)
+    assert 0.1 < np.mean(ref > 0) < 0.9                    # the case is not degenerate
+    fn = loc.max_box_acc_v2 if multi_contour else loc.max_box_acc
+    acc = fn(cams=cams, gt_boxes=gt, thresholds=thresholds)
+    ref_acc = loc.box_accuracy(ious=ref, thresholds=thresholds,
+                               iou_thresholds=acc['iou_thresholds'])
+    np.testing.assert_array_equal(acc['curve'], ref_acc['curve'])
+    np.testing.assert_array_equal(acc['box_acc'], ref_acc['box_acc'])
+    assert len(acc['box_acc']) == (3 if multi_contour else 1)
+
+
+def test_sweep_chunks_and_threshold_order(random_case):
+    cams, gt, thresholds = random_case
+    whole = loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=thresholds)
+    perm = np.random.default_rng(3).permutation(len(thresholds))
+    chunked = loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=thresholds[perm],
+                                 chunk_size=64)            # 4 chunks, the last one padded
+    np.testing.assert_array_equal(chunked, whole[:, perm])
+
+
+@pytest.mark.parametrize('merge', ['dense', 'sparse'])
+def test_sweep_on_noise_matches_scipy(monkeypatch, merge):
+    """Many tiny components: tables grow past their default sizes, and both
+    merge loops (flat root table / union-find pointers) give scipy's answer."""
+    monkeypatch.setattr(loc, '_DENSE_MERGE_MAX', 1 << 20 if merge == 'dense' else 0)
+    rng = np.random.default_rng(4)
+    cams = rng.random((6, 16, 16)).astype(np.float32)
+    gt = random_boxes(rng, 6, 16)
+    thresholds = np.linspace(0.05, 0.95, 10)
+    for multi_contour in (False, True):
+        np.testing.assert_allclose(
+            loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=thresholds,
+                               multi_contour=multi_contour),
+            ref_threshold_ious(cams, gt, thresholds, multi_contour), rtol=1e-6, atol=0)
+    masks = cams > 0.4
+    labels, _ = loc.label_components(masks=masks)
+    for mask, lab in zip(masks, np.asarray(labels), strict=True):
+        np.testing.assert_array_equal(lab, ndimage.label(mask, structure=STRUCTURE)[0])
+
+
+def test_perfect_cam_localizes_everything():
+    rng = np.random.default_rng(5)
+    gt = random_boxes(rng, 20, 32, max_boxes=1)
+    cams = np.zeros((20, 32, 32), np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(gt[:, 0].astype(int)):
+        cams[i, y0:y1 + 1, x0:x1 + 1] = 1.0
+    assert loc.max_box_acc(cams=cams, gt_boxes=gt)['box_acc'][0] == 1.0
+    acc2 = loc.max_box_acc_v2(cams=cams, gt_boxes=gt)
+    np.testing.assert_array_equal(acc2['box_acc'], [1.0, 1.0, 1.0])
+    assert acc2['box_acc_mean'] == 1.0
+
+
+# =============================================================================
+# Fixed-threshold loc and CAM normalization.
+# =============================================================================
+def test_fixed_threshold_loc_top1_vs_gt_known():
+    """tau = 0.2 * max: a wide 1.5 plateau is below tau = 2 for a map peaking at
+    10, so only the peak is boxed; with an absolute 0.2 the plateau would win."""
+    cams = np.zeros((3, 10, 10), np.float32)
+    cams[:, 5:10, 0:10] = 1.5                          # large, below 0.2 * max
+    cams[0, 0:3, 0:3] = cams[1, 0:3, 0:3] = 10.0       # peak on the gt
+    cams[0, 3, 0:3] = 2.0                              # == tau: counts (>=)
+    cams[2, 0:2, 6:9] = 10.0                           # peak away from the gt
+    gt = np.array([[[0, 0, 2, 3]], [[0, 0, 2, 2]], [[0, 0, 2, 2]]], np.float32)
+    out = loc.fixed_threshold_loc(cams=cams, gt_boxes=gt,
+                                  pred_correct=np.array([True, False, True]))
+    np.testing.assert_allclose(out['iou'], [1.0, 1.0, 0.0])
+    assert out['gt_known_loc'] == pytest.approx(2 / 3)
+    assert out['top1_loc'] == pytest.approx(1 / 3)     # image 1: right box, wrong class
+    strict = loc.fixed_threshold_loc(cams=cams, gt_boxes=gt, pred_correct=np.ones(3, bool),
+                                     iou_threshold=1.0)
+    assert strict['gt_known_loc'] == pytest.approx(2 / 3)
+
+
+def test_normalize_cams():
+    rng = np.random.default_rng(6)
+    cams = rng.normal(size=(3, 7, 7)).astype(np.float32)
+    cams[2] = 3.0                                      # constant map
+    out = np.asarray(loc.normalize_cams(cams=cams, size=(32, 24)))
+    assert out.shape == (3, 32, 24)
+    for i in range(2):
+        assert out[i].min() == 0.0 and out[i].max() == pytest.approx(1.0)
+    np.testing.assert_array_equal(out[2], 0.0)
+    # Invariant to a positive affine change of the CAM (e.g. adding a bias).
+    shifted = np.asarray(loc.normalize_cams(cams=2.0 * cams + 5.0, size=(32, 24)))
+    np.testing.assert_allclose(shifted, out, atol=1e-5)
