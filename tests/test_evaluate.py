@@ -109,3 +109,23 @@ def test_analyze_without_runs_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert 'mode=analyze needs evaluation.runs' in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / 'x').exists()
+
+
+def test_eval_of_a_multilabel_run_reports_coco_and_attribute_metrics(tmp_path):
+    from conftest import small_config
+
+    from camjax.data import open_splits
+    from camjax.evaluate import evaluate_run
+    from camjax.train import train_and_evaluate
+    config = small_config(**{'dataset.label_key': 'attributes', 'train.num_steps': 2,
+                             'loss': (dict(name='weighted_sigmoid_ce'),)})
+    splits = open_splits(config.dataset)
+    train_and_evaluate(config, str(tmp_path), splits)
+    results = evaluate_run(config, str(tmp_path), splits)
+    coco, attributes = results['multilabel']['coco'], results['multilabel']['attributes']
+    assert set(coco) == {'mAP', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1'}
+    assert 0 < coco['mAP'] <= 1 and 0 <= attributes['mA'] <= 1
+    assert results['_outputs']['scores'].shape == (120, splits.num_classes)
+    assert 'classification' not in results and 'fgsm' not in results
+    assert json.loads((tmp_path / 'eval' / 'eval.json').read_text())['multilabel'] == \
+        results['multilabel']
