@@ -4,6 +4,7 @@ baseline, FGSM), then compared with a LinR refinement of itself in
 report.html."""
 
 import base64
+import html as html_lib
 import json
 import os
 from html.parser import HTMLParser
@@ -71,26 +72,31 @@ class _Images(HTMLParser):
         assert self.open_tags.pop() == tag
 
 
-def test_analyze_compares_a_linr_refinement_with_its_baseline(evaluated, tmp_path):
-    workdir = evaluated[0]
-    refined = tmp_path / 'refined'
-    run = run_cli('--config=configs/default.py', '--config.mode=refine',
-                  f'--config.train.init_from={workdir}', '--config.refine.rounds=1',
-                  '--config.refine.cls_steps=5', '--config.refine.linr_steps=5',
-                  f'--workdir={refined}')
-    assert run.returncode == 0, run.stderr[-2000:]
-    out = tmp_path / 'compare'
-    run = run_cli('--config=configs/default.py', '--config.mode=analyze',
-                  f"--config.evaluation.runs=('{workdir}','{refined}')",
-                  '--config.evaluation.fgsm_eps=(0.1,)', '--config.evaluation.landscape_steps=5',
-                  '--config.evaluation.cam_grid_images=3', f'--workdir={out}')
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert 'refined vs default: mean ' in run.stdout
-    summary = json.loads((out / 'analysis.json').read_text())
+def test_analyze_compares_a_linr_refinement_with_its_baseline(tmp_path):
+    from conftest import small_config
+
+    from camjax.analyze import analyze
+    from camjax.data import open_splits
+    from camjax.refine import refine
+    from camjax.train import train_and_evaluate
+    base, refined, out = (str(tmp_path / n) for n in ('base', 'refined', 'compare'))
+    config = small_config(**{'train.num_steps': 12})
+    splits = open_splits(config.dataset)
+    train_and_evaluate(config, base, splits)
+    refine(small_config(**{'mode': 'refine', 'train.init_from': base, 'refine.rounds': 1,
+                           'refine.cls_steps': 3, 'refine.linr_steps': 3}), refined, splits)
+    for workdir, cfg in ((base, config), (refined, config)):  # analyze reads config.json
+        (tmp_path / os.path.basename(workdir) / 'config.json').write_text(
+            json.dumps(cfg.to_dict(), default=str))
+    summary = analyze(small_config(**{
+        'mode': 'analyze', 'evaluation.runs': (base, refined), 'evaluation.fgsm_eps': (0.1,),
+        'evaluation.landscape_steps': 5, 'evaluation.cam_grid_images': 3}), out)
     comparison = summary['per_class']['refined']
     assert comparison['summary']['headline'].startswith('mean ')
-    assert len(comparison['p_value']) == 12
-    html = (out / 'report.html').read_text()
+    assert len(comparison['classes']) == 12
+    assert all(0 <= c['p_adjusted'] <= 1 for c in comparison['classes'] if c['count'])
+    assert set(summary['landscape']) == {'base', 'refined'}
+    html = (tmp_path / 'compare' / 'report.html').read_text()
     parser = _Images()
     parser.feed(html)
     assert parser.open_tags == []                       # every tag closed
@@ -99,7 +105,8 @@ def test_analyze_compares_a_linr_refinement_with_its_baseline(evaluated, tmp_pat
         assert src.startswith('data:image/png;base64,')
         assert base64.b64decode(src.split(',', 1)[1])[:8] == b'\x89PNG\r\n\x1a\n'
     for text in ('Per-class effects', 'CAM classifier weights', 'Class activation maps',
-                 'Loss landscape', 'Training curves', 'Configs', comparison['summary']['headline']):
+                 'Loss landscape', 'Training curves', 'Configs',
+                 html_lib.escape(comparison['summary']['headline'])):
         assert text in html
 
 

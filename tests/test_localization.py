@@ -170,11 +170,8 @@ def test_levels_both_paths_match_numpy():
         thr = rng.random(num_t).astype(np.float32)
         thr[3] = cams[0, 0, 0]  # an exact tie counts as >=
         thr = np.sort(thr)
-        level, lo, hi = (np.asarray(x) for x in loc._levels(cams, thr))
-        above = cams[..., None] >= thr
-        np.testing.assert_array_equal(level, above.sum(-1))
-        np.testing.assert_array_equal(lo, np.where(above, thr, -np.inf).max(-1))
-        np.testing.assert_array_equal(hi, np.where(above, np.inf, thr).min(-1))
+        level = np.asarray(loc._levels(cams, thr))
+        np.testing.assert_array_equal(level, np.sum(cams[..., None] >= thr, axis=-1))
 
 
 def test_max_box_acc_by_hand():
@@ -243,11 +240,14 @@ def test_sweep_matches_scipy_loop(random_case, multi_contour):
 
 def test_sweep_chunks_and_threshold_order(random_case):
     cams, gt, thresholds = random_case
-    whole = loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=thresholds)
+    whole = loc.sweep_ious(cams=cams, gt_boxes=gt, thresholds=thresholds)
+    np.testing.assert_array_equal(whole['largest'], loc.threshold_ious(
+        cams=cams, gt_boxes=gt, thresholds=thresholds))
     perm = np.random.default_rng(3).permutation(len(thresholds))
-    chunked = loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=thresholds[perm],
-                                 chunk_size=64)            # 4 chunks, the last one padded
-    np.testing.assert_array_equal(chunked, whole[:, perm])
+    chunked = loc.sweep_ious(cams=cams, gt_boxes=gt, thresholds=thresholds[perm],
+                             chunk_size=64)                # 4 chunks, the last one padded
+    for kind in ('largest', 'any'):
+        np.testing.assert_array_equal(chunked[kind], whole[kind][:, perm])
 
 
 @pytest.mark.parametrize('merge', ['dense', 'sparse'])
@@ -268,6 +268,34 @@ def test_sweep_on_noise_matches_scipy(monkeypatch, merge):
     labels, _ = loc.label_components(masks=masks)
     for mask, lab in zip(masks, np.asarray(labels), strict=True):
         np.testing.assert_array_equal(lab, ndimage.label(mask, structure=STRUCTURE)[0])
+
+
+def test_sweep_on_resized_relu_cams_matches_scipy():
+    """The real pipeline: 7x7 ReLU'd CAMs, bilinearly upsampled (zero plateaus,
+    rounding ripples), normalized, then swept."""
+    rng = np.random.default_rng(7)
+    cams = np.asarray(loc.normalize_cams(cams=np.maximum(rng.normal(size=(16, 7, 7)), 0),
+                                         size=(48, 48)))
+    gt = random_boxes(rng, 16, 48)
+    thresholds = np.linspace(0.0, 0.95, 20)
+    for multi_contour in (False, True):
+        np.testing.assert_allclose(
+            loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=thresholds,
+                               multi_contour=multi_contour),
+            ref_threshold_ious(cams, gt, thresholds, multi_contour), rtol=1e-6, atol=0)
+
+
+def test_sweep_separates_values_one_ulp_apart():
+    """Pixels are ordered inside a level by a rounded value; rows at thr and
+    one float below it must still fall on the two sides of thr."""
+    thr = np.float32(0.3)
+    below = np.nextafter(thr, np.float32(0))
+    cams = np.where(np.arange(7)[:, None] % 2 == 0, thr, below) * np.ones((1, 7, 9), np.float32)
+    gt = np.array([[[0, 2, 8, 2], [0, 4, 8, 4]]], np.float32)  # two of the four rows at thr
+    ious = loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=[0.1, thr], multi_contour=True)
+    np.testing.assert_allclose(ious, [[9 / 63, 1.0]])  # at 0.1 one 9x7 box: IoU 9/63
+    largest = loc.threshold_ious(cams=cams, gt_boxes=gt, thresholds=[thr])
+    np.testing.assert_allclose(largest, [[0.0]])       # four 1-row ties: row 0 is boxed
 
 
 def test_perfect_cam_localizes_everything():
