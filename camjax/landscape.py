@@ -23,7 +23,6 @@ chunk `vmap`ped, so memory scales with the chunk, not with the grid.
 """
 
 import functools
-import io
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -34,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jax.tree_util import Partial
 
 from camjax import losses, parallel
+from camjax.analysis.figures import figure_png
 from camjax.data import normalize_images
 from camjax.train import forward
 
@@ -235,9 +235,7 @@ def landscape(*, loss_fns: Mapping[str, Callable], params: Mapping, key, steps: 
 # Plots (PNG bytes; matplotlib.figure.Figure, never pyplot)
 # =============================================================================
 def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=110, bbox_inches='tight')
-    return buffer.getvalue()
+    return figure_png(figure, dpi=110, bbox_inches='tight')
 
 
 def _levels(grids, levels: int, vmax: float | None) -> np.ndarray:

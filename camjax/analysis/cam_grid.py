@@ -18,11 +18,11 @@ pixel indices of the image as shown, rows of -1 for padding.
 """
 
 import dataclasses
-import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from camjax.analysis.figures import figure_png
 from camjax.analysis.weights import clamp_negative
 
 GT_COLOUR, PRED_COLOUR = '#00c000', '#ff0000'
@@ -325,11 +325,4 @@ def cam_grid_png(panels: Mapping[str, Sequence[CamPanelData]], *, path=None, dpi
                  **kwargs) -> bytes:
     """`cam_grid_figure(panels, **kwargs)` as PNG bytes, also written to
     `path` when given."""
-    fig = cam_grid_figure(panels, **kwargs)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=dpi)
-    png = buffer.getvalue()
-    if path is not None:
-        with open(path, 'wb') as f:
-            f.write(png)
-    return png
+    return figure_png(cam_grid_figure(panels, **kwargs), path=path, dpi=dpi)

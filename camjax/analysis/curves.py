@@ -1,6 +1,7 @@
 """Train and validation curves from runs' metrics.jsonl records."""
 
-import io
+
+from camjax.analysis.figures import figure_png
 
 
 def curves_png(records: dict[str, list[dict]]) -> bytes:
@@ -25,6 +26,4 @@ def curves_png(records: dict[str, list[dict]]) -> bytes:
     for ax in (loss_ax, acc_ax):
         if ax.lines:
             ax.legend(fontsize=7)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=100, bbox_inches='tight')
-    return buffer.getvalue()
+    return figure_png(figure, dpi=100, bbox_inches='tight')

@@ -14,12 +14,13 @@ exact binomial test is implemented here in log space and checked against
 """
 
 import dataclasses
-import io
 import math
 import operator
 from collections.abc import Sequence
 
 import numpy as np
+
+from camjax.analysis.figures import figure_png
 
 # scipy.stats.binomtest counts an outcome as "as extreme as k" when its
 # probability is <= P(k) * (1 + 1e-7); without the slack, rounding decides
@@ -493,10 +494,4 @@ def plot_per_class_deltas(result: PerClassComparison, *, path=None, ax=None,
                        Patch(color=_PLAIN_COLOUR, label='not significant')],
               fontsize=8, loc='best')
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png')
-    png = buffer.getvalue()
-    if path is not None:
-        with open(path, 'wb') as f:
-            f.write(png)
-    return png
+    return figure_png(fig, path=path)

@@ -7,9 +7,10 @@ A row is one refined starting checkpoint:
    'rounds': [{'round', 'train', 'val', 'test'}, ...]}     (accuracies)
 """
 
-import io
 import json
 import os
+
+from camjax.analysis.figures import figure_png
 
 SPLITS = ('train', 'val', 'test')
 
@@ -60,9 +61,7 @@ def _pct(value) -> str:
 
 
 def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png', dpi=110, bbox_inches='tight')
-    return buffer.getvalue()
+    return figure_png(figure, dpi=110, bbox_inches='tight')
 
 
 def scatter_figure(rows: list[dict]) -> bytes:

@@ -11,11 +11,12 @@ Plots use a `matplotlib.figure.Figure` on an Agg canvas, never pyplot, so
 nothing global (backend, current figure) changes, and return PNG bytes.
 """
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from camjax.analysis.figures import figure_png
 
 
 # =============================================================================
@@ -110,14 +111,6 @@ def _new_figure(figsize):
     return fig
 
 
-def _png(fig, path) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png')
-    png = buffer.getvalue()
-    if path is not None:
-        with open(path, 'wb') as f:
-            f.write(png)
-    return png
 
 
 def _colours(n: int) -> list:
@@ -191,7 +184,7 @@ def weight_histogram_png(kernels: Mapping[str, object], *, bins: int | Sequence[
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _png(fig, path)
+    return figure_png(fig, path=path)
 
 
 def accuracy_vs_sparsity_png(points: Sequence[Mapping], *, path=None,
@@ -237,4 +230,4 @@ def accuracy_vs_sparsity_png(points: Sequence[Mapping], *, path=None,
     ax.set_title('accuracy vs classifier weight sparsity' if title is None else title,
                  fontsize=10)
     fig.tight_layout()
-    return _png(fig, path)
+    return figure_png(fig, path=path)
