@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from camjax import landscape, localization, parallel
+from camjax import metrics as metrics_lib
 from camjax.analysis import cam_grid, per_class
 from camjax.analysis import weights as weight_analysis
 from camjax.analysis.curves import curves_png
@@ -139,7 +140,8 @@ def analyze(config, workdir: str, splits=None) -> dict:
     single_label = 'classification' in runs[baseline][2]
     if single_label:
         labels = runs[baseline][2]['_outputs']['label'].astype(np.int64)
-        predictions = {n: np.argmax(runs[n][2]['_outputs']['scores'], -1) for n in names}
+        predictions = {n: metrics_lib.predicted_class(runs[n][2]['_outputs']['logits'])
+                       for n in names}
         for name in names[1:]:
             comparisons[name] = per_class.compare_per_class(
                 labels=labels, baseline_pred=predictions[baseline], treated_pred=predictions[name],

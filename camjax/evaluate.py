@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from camjax import localization, parallel
+from camjax import metrics as metrics_lib
 from camjax.analysis import multilabel as multilabel_metrics
 from camjax.analysis import weights as weight_analysis
 from camjax.data import eval_batches, normalize_images
@@ -65,7 +66,7 @@ def restore_model(config, workdir: str, *, num_classes: int, which: str, mesh):
 def make_output_step(model, *, mean, std, mesh, positive_weights_only: bool):
     """Jitted `(state, batch) -> outputs` of one eval batch: 'scores'
     (softmax, or sigmoid for multi-label (B,K) labels) and, for single-label
-    data, 'cam' (B,h,w): the ground-truth class's CAM without bias, from the
+    data, 'logits' and 'cam' (B,h,w): the ground-truth class's CAM without bias, from the
     positive classifier weights only if asked (negative weights clamped)."""
 
     def step(state, batch):
@@ -80,7 +81,7 @@ def make_output_step(model, *, mean, std, mesh, positive_weights_only: bool):
             kernel = jnp.maximum(kernel, 0.0)
         columns = jnp.take(kernel, batch['label'], axis=1)            # (C, B)
         cam = jnp.einsum('bhwc,cb->bhw', features.astype(jnp.float32), columns)
-        return {'scores': jax.nn.softmax(logits), 'cam': cam}
+        return {'logits': logits, 'scores': jax.nn.softmax(logits), 'cam': cam}
 
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=sharded)
@@ -109,16 +110,17 @@ def collect_outputs(step, state, batches) -> dict:
 # =============================================================================
 # Metrics
 # =============================================================================
-def classification_metrics(*, labels, scores, num_classes: int) -> dict:
-    predictions = np.argmax(scores, axis=-1)
-    correct = predictions == labels
+def classification_metrics(*, labels, logits, num_classes: int) -> dict:
+    """Top-1 / top-5 and per-class accuracy by `metrics.topk_correct`, the
+    same definition the training loop's evaluation uses."""
+    correct = np.asarray(metrics_lib.topk_correct(logits=logits, labels=labels, k=1))
+    top5 = np.asarray(metrics_lib.topk_correct(logits=logits, labels=labels, k=5))
     counts = np.bincount(labels, minlength=num_classes)
     hits = np.bincount(labels, weights=correct, minlength=num_classes)
     with np.errstate(invalid='ignore', divide='ignore'):
         per_class = hits / counts
-    top5 = np.argsort(-scores, axis=-1)[:, :5]
     return {'count': int(labels.size), 'accuracy': float(np.mean(correct)),
-            'top5_accuracy': float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
+            'top5_accuracy': float(np.mean(top5)),
             'per_class_accuracy': [None if np.isnan(a) else float(a) for a in per_class]}
 
 
@@ -210,8 +212,8 @@ def evaluate_run(config, workdir: str, splits, *, mesh=None, write: bool = True)
     else:
         labels = outputs['label'].astype(np.int64)
         results['classification'] = classification_metrics(
-            labels=labels, scores=outputs['scores'], num_classes=splits.num_classes)
-        correct = np.argmax(outputs['scores'], -1) == labels
+            labels=labels, logits=outputs['logits'], num_classes=splits.num_classes)
+        correct = metrics_lib.predicted_class(outputs['logits']) == labels
         if 'bbox' in outputs:
             results['localization'] = localization_metrics(
                 cams=outputs['cam'], gt_boxes=outputs['bbox'], correct=correct,

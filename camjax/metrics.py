@@ -7,12 +7,28 @@ import numpy as np
 
 
 def topk_correct(*, logits, labels, k: int):
-    """(B,) float: 1 where `labels` is among the k highest `logits` (B,K)."""
+    """(B,) float: 1 where `labels` is among the k highest `logits` (B,K).
+
+    The one accuracy definition of camjax. Classes are ranked as a stable sort
+    by descending logit ranks them, so a tie goes to the lower class index,
+    as `np.argmax` does: with all-equal logits only label 0 is top-1 correct.
+    An example with any non-finite logit (a diverged model) is never correct.
+    """
     k = min(k, logits.shape[-1])
     label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    # Rank = number of classes scoring strictly higher; ties count in our favour.
-    rank = jnp.sum(logits > label_logit, axis=-1)
-    return (rank < k).astype(jnp.float32)
+    index = jnp.arange(logits.shape[-1])
+    ahead = (logits > label_logit) | ((logits == label_logit) & (index < labels[:, None]))
+    rank = jnp.sum(ahead, axis=-1)
+    finite = jnp.all(jnp.isfinite(logits), axis=-1)
+    return ((rank < k) & finite).astype(jnp.float32)
+
+
+def predicted_class(logits) -> np.ndarray:
+    """(B,) int: the top-1 class of `topk_correct` (argmax, ties to the lower
+    index), or -1, which matches no label, for an example with a non-finite
+    logit. Host-side, for paired comparisons of predictions."""
+    logits = np.asarray(logits)
+    return np.where(np.all(np.isfinite(logits), axis=-1), np.argmax(logits, axis=-1), -1)
 
 
 def label_correct(*, logits, labels):

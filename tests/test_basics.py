@@ -95,7 +95,7 @@ def test_topk_and_per_class_sums():
     np.testing.assert_array_equal(metrics.topk_correct(logits=logits, labels=labels, k=1),
                                   [1, 0, 0, 1])
     np.testing.assert_array_equal(metrics.topk_correct(logits=logits, labels=labels, k=2),
-                                  [1, 1, 0, 1])  # ties with the label count as correct
+                                  [1, 0, 0, 1])  # a tie goes to the lower index
     sums = metrics.classification_sums(logits=logits, labels=labels, weights=weights,
                                        num_classes=3)
     summary = metrics.summarize({**sums, 'loss': jnp.array(3.0)})

@@ -1,0 +1,77 @@
+"""The one accuracy definition (metrics.topk_correct): argmax with ties to the
+lowest index, and never correct for a non-finite logit; used alike by the
+training loop's evaluation, mode=eval and analyze."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camjax import metrics
+from camjax.evaluate import classification_metrics
+
+K = 5
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_non_finite_logits_are_never_correct(bad):
+    logits = np.zeros((K, K), np.float32)
+    logits[:, 0] = bad
+    labels = np.arange(K)
+    for k in (1, 5):
+        np.testing.assert_array_equal(
+            metrics.topk_correct(logits=jnp.asarray(logits), labels=jnp.asarray(labels), k=k),
+            np.zeros(K))
+    np.testing.assert_array_equal(metrics.predicted_class(logits), -np.ones(K))
+    assert classification_metrics(labels=labels, logits=logits, num_classes=K)['accuracy'] == 0
+
+
+def test_all_nan_logits_score_zero():
+    logits = jnp.full((8, K), jnp.nan)
+    labels = jnp.arange(8) % K
+    sums = metrics.classification_sums(logits=logits, labels=labels, weights=jnp.ones(8),
+                                       num_classes=K)
+    summary = metrics.summarize(sums)
+    assert summary['accuracy'] == 0.0 and summary['top5_accuracy'] == 0.0
+
+
+def test_all_equal_logits_are_correct_only_for_label_zero():
+    logits = np.ones((K, K), np.float32)
+    labels = np.arange(K)
+    top1 = np.asarray(metrics.topk_correct(logits=jnp.asarray(logits),
+                                           labels=jnp.asarray(labels), k=1))
+    np.testing.assert_array_equal(top1, [1, 0, 0, 0, 0])
+    top2 = np.asarray(metrics.topk_correct(logits=jnp.asarray(logits),
+                                           labels=jnp.asarray(labels), k=2))
+    np.testing.assert_array_equal(top2, [1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(metrics.predicted_class(logits), np.zeros(K))
+    result = classification_metrics(labels=labels, logits=logits, num_classes=K)
+    assert result['accuracy'] == pytest.approx(1 / K)
+    assert result['per_class_accuracy'] == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_topk_matches_a_stable_numpy_sort():
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 3, size=(200, 6)).astype(np.float32)  # many ties
+    labels = rng.integers(0, 6, size=200)
+    order = np.argsort(-logits, axis=-1, kind='stable')
+    for k in (1, 2, 5):
+        expected = np.any(order[:, :k] == labels[:, None], axis=-1)
+        got = metrics.topk_correct(logits=jnp.asarray(logits), labels=jnp.asarray(labels), k=k)
+        np.testing.assert_array_equal(np.asarray(got), expected)
+    np.testing.assert_array_equal(metrics.predicted_class(logits), np.argmax(logits, -1))
+
+
+def test_diverged_training_is_not_reported_accurate(tmp_path):
+    """Table row: learning_rate=1e8 made the loss NaN and val accuracy 1.0."""
+    from conftest import small_config
+
+    from camjax.data import open_splits
+    from camjax.train import train_and_evaluate
+
+    config = small_config(**{'optimizer.learning_rate': 1e8, 'train.num_steps': 4})
+    splits = open_splits(config.dataset, process_index=0, process_count=1)
+    _, record = train_and_evaluate(config, str(tmp_path), splits)
+    assert math.isnan(record['test']['loss'])
+    assert record['test']['accuracy'] == 0.0
