@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from camjax import objectives, parallel, refine, train  # noqa: E402
 from camjax.config_schema import base_config  # noqa: E402
 from camjax.models import build_model  # noqa: E402
+from camjax.state import init_state  # noqa: E402
 
 TARGET = 1.7  # LinR step time / CE step time
 NORM = {'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}
@@ -83,7 +84,7 @@ def main():
     batch = {'image': images, 'label': jax.device_put(
         rng.integers(0, args.num_classes, (args.batch,)).astype(np.int32), sharded)}
     tx = optax.sgd(0.01, momentum=0.9)
-    state = train.init_state(model, lambda p: {'cls': tx.init(p), 'linr': tx.init(p)},
+    state = init_state(model, lambda p: {'cls': tx.init(p), 'linr': tx.init(p)},
                              seed=0, image_size=args.size, mesh=mesh)
     print(f'== {args.model} {args.size}x{args.size}, {args.num_classes} classes, batch '
           f'{args.batch}, {args.dtype}, {args.rounds} rounds x {args.steps} steps, '

@@ -4,7 +4,7 @@ For each case (model, image size, classes, HNC k, batch) this builds the
 objectives CE only, CE + hnc_kd, CE + hnc_mse and CE + L1 classifier penalty
 with `objectives.build_objective`, and for each the real jitted data-parallel
 train step (`train.make_train_step`, SGD with momentum, state from
-`train.init_state`, the donated state threaded through) on one fixed random
+`camjax.state.init_state`, the donated state threaded through) on one fixed random
 uint8 batch placed batch-sharded on the mesh. All variants start from one
 initial state. Unless --quick, a second, separately compiled CE-only step
 ('ce_again') is an A/A control: its ratio to 'ce' shows what the machine's
@@ -41,6 +41,7 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from camjax import objectives, parallel, train  # noqa: E402
 from camjax.models import build_model  # noqa: E402
+from camjax.state import init_state  # noqa: E402
 
 CE = dict(name='cross_entropy')
 TARGETS = {'hnc_kd': 1.05, 'hnc_mse': 1.05, 'l1': 1.01}  # max step time / CE-only step time
@@ -89,7 +90,7 @@ def bench_case(name, *, size, num_classes, k, batch_size, args):
           f'{args.rounds} rounds x {args.steps} steps, {jax.default_backend()} '
           f'x{mesh.devices.size}, conv_impl {args.conv_impl}', flush=True)
     tx = optax.sgd(0.1, momentum=0.9)
-    state = train.init_state(model, tx.init, seed=0, image_size=size, mesh=mesh)
+    state = init_state(model, tx.init, seed=0, image_size=size, mesh=mesh)
     runners, flops = {}, {}
     for v, terms in variants(k, control=not args.quick).items():
         runners[v], compile_s, flops[v] = make_runner(model, tx, terms, state, batch, mesh=mesh)

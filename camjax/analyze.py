@@ -24,7 +24,7 @@ from camjax.errors import CamjaxError
 from camjax.evaluate import evaluate_run, run_config, summary_line
 from camjax.models import CLASSIFIER
 from camjax.runlog import read_records
-from camjax.train import forward
+from camjax.state import forward
 
 
 def _names(workdirs) -> list[str]:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from camjax.errors import CamjaxError
 
@@ -112,14 +113,8 @@ def saved_steps(path: str) -> list[int]:
     return sorted(_manager(directory, keep=1, read_only=True).all_steps())
 
 
-def restore_model_variables(path: str, step: int | None = None) -> dict:
-    """Restore only {'params', 'batch_stats'} from a camjax checkpoint.
-
-    `path` is a run's workdir (its newest save), or a `checkpoints/` or `best/`
-    directory. Arrays come back as saved, with no target structure, so the
-    caller can compare shapes against its own model. Raises CamjaxError when
-    nothing restorable is found.
-    """
+def _resolve_step(path: str, step: int | None):
+    """(manager, directory, step) of `path`'s save at `step` (None: newest)."""
     directory = _checkpoint_directory(path)
     manager = _manager(directory, keep=1, read_only=True)
     steps = manager.all_steps()
@@ -128,7 +123,41 @@ def restore_model_variables(path: str, step: int | None = None) -> dict:
     step = max(steps) if step is None else step
     if step not in steps:
         raise CamjaxError(f'no checkpoint for step {step} in {directory!r} (have {sorted(steps)})')
+    return manager, directory, step
+
+
+def restore_model_variables(path: str, step: int | None = None) -> dict:
+    """Restore only {'params', 'batch_stats'} from a camjax checkpoint.
+
+    `path` is a run's workdir (its newest save), or a `checkpoints/` or `best/`
+    directory. Arrays come back as saved, with no target structure, so the
+    caller can compare shapes against its own model. Raises CamjaxError when
+    nothing restorable is found.
+    """
+    manager, _, step = _resolve_step(path, step)
     names = [n for n in ('params', 'batch_stats') if n in _saved_items(manager, step)]
     restored = manager.restore(step, args=ocp.args.Composite(
         **{n: ocp.args.StandardRestore() for n in names}))
     return {'params': restored['params'], 'batch_stats': restored.get('batch_stats') or {}}
+
+
+def saved_variable_shapes(path: str, step: int | None = None) -> dict:
+    """{'params' | 'batch_stats': {'a/b/kernel': shape}} of the save that
+    `restore_model_variables(path, step)` would read, from Orbax's metadata
+    alone (no array is read)."""
+    manager, directory, step = _resolve_step(path, step)
+    saved = _saved_items(manager, step)
+    shapes = {}
+    for name in ('params', 'batch_stats'):
+        if name not in saved:
+            shapes[name] = {}
+            continue
+        try:
+            tree = ocp.StandardCheckpointHandler().metadata(
+                epath.Path(directory) / str(step) / name)
+        except Exception as e:  # noqa: BLE001 -- any unreadable metadata is a damaged save
+            raise CamjaxError(f'checkpoint {directory}/{step}/{name} is unreadable '
+                              f'({type(e).__name__})') from None
+        shapes[name] = {'/'.join(str(getattr(k, 'key', k)) for k in key_path): tuple(leaf.shape)
+                        for key_path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return shapes

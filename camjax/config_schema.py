@@ -7,6 +7,8 @@ model / dataset / loss registries, out-of-range values and a global batch not
 divisible by the device count. Every failure is a ConfigError naming the field.
 """
 
+import ast
+
 import ml_collections
 
 from camjax.errors import ConfigError
@@ -16,6 +18,14 @@ LINR_VARIANTS = ('linr', 'linrc', 'linrnl', 'linrnm')
 BATCHNORM_MODES = ('running', 'batch')
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step')
+# Validation metrics that can pick the best checkpoint, and which way is better.
+# 'loss/<term>' (a configured loss term's value) is lower-is-better too.
+SELECTION_METRICS = {'accuracy': 'higher', 'top5_accuracy': 'higher', 'loss': 'lower'}
+
+
+def selection_direction(metric: str) -> str:
+    """'higher' or 'lower': which values of validation `metric` are better."""
+    return SELECTION_METRICS.get(metric, 'lower' if metric.startswith('loss/') else 'higher')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -66,7 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.checkpoint_every = 0        # steps; 0 -> once per epoch
     t.keep_checkpoints = 3
     t.early_stopping_patience = 0  # evals without val improvement before stopping; 0 disables
-    t.selection_metric = 'accuracy'  # val metric that picks the best checkpoint (higher is better)
+    t.selection_metric = 'accuracy'  # val metric picking the best checkpoint: accuracy |
+    #                                  top5_accuracy (higher is better) | loss | loss/<term> (lower)
     t.eval_negative_cam_k = 5     # evals report the peakiness of the top-k negative CAMs; 0 = off
     t.init_from = ''              # camjax workdir or checkpoint dir to start from (fine-tuning)
     t.init_from_step = -1         # -1: its newest checkpoint
@@ -202,6 +213,9 @@ def validate(config, *, num_devices: int) -> None:
              "dataset.label_noise_rate is set but dataset.label_noise='none'")
     _require(d.label_noise == 'none' or kind != 'attrfolder',
              'dataset.label_noise needs single-label data; attrfolder is multi-label')
+    _require(d.crop_padding >= 0,
+             f'dataset.crop_padding must be >= 0 (0 disables the random crop), '
+             f'got {d.crop_padding}')
     _require(d.max_boxes >= 1, f'dataset.max_boxes must be >= 1, got {d.max_boxes}')
     _require(not d.boxes_file or kind == 'imagefolder',
              'dataset.boxes_file is only for imagefolder datasets')
@@ -211,8 +225,12 @@ def validate(config, *, num_devices: int) -> None:
              "labelled val/ as the test split ('test' or 'val')")
     _check_optimizer(config.optimizer, 'optimizer')
     _require(t.batch_size > 0 and t.eval_batch_size > 0, 'train.batch_size must be > 0')
+    _require(t.num_steps >= 0, f'train.num_steps must be >= 0 (0: use num_epochs), '
+             f'got {t.num_steps}')
+    _require(t.num_epochs >= 0, f'train.num_epochs must be >= 0, got {t.num_epochs}')
     _require(t.num_steps > 0 or t.num_epochs > 0,
              'train.num_epochs or train.num_steps must be > 0')
+    _check_selection_metric(t.selection_metric, config.loss)
     for field in ('batch_size', 'eval_batch_size'):
         _require(t[field] % num_devices == 0,
                  f'train.{field}={t[field]} is not divisible by the device count {num_devices}')
@@ -225,6 +243,58 @@ def validate(config, *, num_devices: int) -> None:
     if config.mode in ('refine', 'sweep'):
         _check_refine(config)
     _check_evaluation(config)
+
+
+def _check_selection_metric(metric: str, loss_terms) -> None:
+    terms = [f'loss/{term["name"]}' for term in loss_terms]
+    choices = [*SELECTION_METRICS, *terms]
+    _require(metric in choices,
+             f'train.selection_metric={metric!r} is not a validation metric (choose from '
+             f'{choices}; accuracies are higher-is-better, losses lower-is-better)')
+
+
+def parse_loss_terms(terms):
+    """config.loss as the command line delivers it. ml_collections reads
+    `--config.loss="(dict(name='hnc_kd', k=5),)"` as a string, since
+    `dict(...)` is not a Python literal; such a string (or a tuple of them)
+    becomes the terms it spells. `{'name': ...}` literals arrive parsed already.
+    Anything but dicts of literals is a ConfigError."""
+    if isinstance(terms, str):
+        terms = (terms,)
+    parsed = []
+    for term in terms:
+        if isinstance(term, str):
+            parsed.extend(_terms_from_text(term))
+        else:
+            parsed.append(term)
+    return tuple(parsed)
+
+
+def _terms_from_text(text: str) -> list:
+    try:
+        node = ast.parse(text.strip(), mode='eval').body
+    except SyntaxError:
+        node = None
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List)) else [node]
+    terms = []
+    for item in items:
+        if (isinstance(item, ast.Call) and isinstance(item.func, ast.Name)
+                and item.func.id == 'dict' and not item.args):
+            try:
+                terms.append({kw.arg: ast.literal_eval(kw.value) for kw in item.keywords})
+                continue
+            except ValueError:
+                pass
+        elif isinstance(item, ast.Dict):
+            try:
+                terms.append(ast.literal_eval(item))
+                continue
+            except ValueError:
+                pass
+        raise ConfigError(f'loss: cannot read {text!r}; write each term as '
+                          "dict(name='cross_entropy', weight=1.0) or {'name': 'cross_entropy'} "
+                          'with literal values')
+    return terms
 
 
 def _check_evaluation(config) -> None:
@@ -266,6 +336,9 @@ def _check_refine(config) -> None:
              'of the trained run to refine')
     _require(r.variant in LINR_VARIANTS,
              f'refine.variant={r.variant!r} must be one of {LINR_VARIANTS}')
+    _require(config.mode != 'sweep' or r.variant == 'linrnl',
+             "mode='sweep' refines with LinRNL (LinR paper, Sec. 4.8); set "
+             "refine.variant='linrnl'")
     _require(r.rounds > 0, f'refine.rounds (T) must be > 0, got {r.rounds}')
     for field in ('cls_steps', 'linr_steps'):
         _require(r[field] > 0 or r[field] == -1,

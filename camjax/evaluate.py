@@ -21,8 +21,8 @@ from camjax.analysis import multilabel as multilabel_metrics
 from camjax.analysis import weights as weight_analysis
 from camjax.data import eval_batches, normalize_images
 from camjax.errors import CamjaxError
-from camjax.models import CLASSIFIER, build_model
-from camjax.train import forward, init_state, load_pretrained, model_kwargs
+from camjax.models import CLASSIFIER
+from camjax.state import forward, init_state, load_pretrained, model_from_config
 
 EVAL_DIR = 'eval'
 
@@ -51,8 +51,7 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
 def restore_model(config, workdir: str, *, num_classes: int, which: str, mesh):
     """(model, state) of `workdir`'s best checkpoint (`which='best'`, falling
     back to the newest when the run kept none) or its newest ('latest')."""
-    model = build_model(config.model.name, num_classes=num_classes,
-                        **model_kwargs(config.model))
+    model = model_from_config(config, num_classes=num_classes)
     state = init_state(model, lambda params: {}, seed=config.seed,
                        image_size=config.dataset.image_size, mesh=mesh)
     best = os.path.join(workdir, 'best')

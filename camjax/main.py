@@ -81,18 +81,18 @@ def _first_difference(old, new, prefix='') -> str:
 def run(config, workdir: str) -> None:
     import jax
 
-    from camjax import config_schema, objectives, parallel
+    from camjax import config_schema, objectives, parallel, preflight
     from camjax.data import open_splits
 
     parallel.maybe_initialize_distributed()
+    config.loss = config_schema.parse_loss_terms(config.loss)
     config_schema.validate(config, num_devices=jax.device_count())
+    preflight.check_paths(config)
     splits = open_splits(config.dataset, process_index=jax.process_index(),
                          process_count=jax.process_count())
     objectives.validate_terms(config.loss, num_classes=splits.num_classes,
                               multilabel=splits.multilabel)
-    if config.mode in ('refine', 'sweep'):
-        from camjax.refine import check_inputs
-        check_inputs(config, splits)
+    preflight.check_inputs(config, splits)
     if config.mode == 'eval':  # evaluates the run already in the workdir
         if not os.path.isdir(workdir):
             raise CamjaxError(f'mode=eval evaluates a trained run, and {workdir!r} does not '

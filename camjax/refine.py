@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from camjax import losses, optim, parallel
+from camjax import losses, optim, parallel, preflight
 from camjax.data import normalize_images
-from camjax.errors import CamjaxError, ConfigError
 from camjax.runlog import Throughput, read_records
-from camjax.train import Run, TrainState, forward, init_state, make_train_step, run_loop
+from camjax.state import TrainState, forward, init_state
+from camjax.train import Run, make_train_step, run_loop
 
 PHASES = ('cls', 'linr')
 
@@ -106,22 +106,6 @@ def make_linr_step(model, tx, refine_cfg, *, seed: int, mean, std, mesh, multila
 # =============================================================================
 # The refine run (LinR paper, Algorithm 1)
 # =============================================================================
-def check_inputs(config, splits) -> None:
-    """The refine / sweep checks that need the dataset or the file system, run
-    before anything is written: the variant fits the labels, and
-    train.init_from holds the checkpoint to start from."""
-    from camjax.checkpoint import saved_steps
-    if splits.multilabel and config.refine.variant == 'linrc':
-        raise ConfigError("refine.variant='linrc' scores classes with P2 > 1/K, which is "
-                          'defined for single-label softmax outputs, not multi-label data')
-    steps, wanted = saved_steps(config.train.init_from), config.train.init_from_step
-    if not steps:
-        raise CamjaxError(f'no checkpoints in {config.train.init_from!r} to refine')
-    if config.mode == 'refine' and wanted >= 0 and wanted not in steps:
-        raise CamjaxError(f'{config.train.init_from!r} has no checkpoint for step {wanted} '
-                          f'(it has {steps})')
-
-
 class RefineRun(Run):
     """A `train.Run` with two optimizers and the round / phase loop."""
 
@@ -227,7 +211,7 @@ def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None)
     """Refine `train.init_from` with LinR in `workdir`, resuming from its
     newest checkpoint. Returns (final TrainState, last eval or best record).
     `stop_after_steps` ends this invocation early, as a kill would."""
-    check_inputs(config, splits)
+    preflight.check_inputs(config, splits)
     return run_loop(RefineRun(config, workdir, splits), stop_after_steps)
 
 
@@ -242,10 +226,7 @@ def sweep(config, workdir: str, splits) -> dict:
     from camjax.analysis import sweep as sweep_report
     from camjax.checkpoint import saved_steps
 
-    if config.refine.variant != 'linrnl':
-        raise ConfigError("mode='sweep' refines with LinRNL (LinR paper, Sec. 4.8); set "
-                          "refine.variant='linrnl'")
-    check_inputs(config, splits)
+    preflight.check_inputs(config, splits)
     source = config.train.init_from
     steps = saved_steps(source)
     per_epoch = _steps_per_epoch(config, source, splits.sizes['train'])

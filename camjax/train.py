@@ -10,10 +10,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any
 
-import flax
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,87 +18,12 @@ import optax
 
 from camjax import metrics as metrics_lib
 from camjax import objectives, optim, parallel
-from camjax.checkpoint import Checkpointer, restore_model_variables
+from camjax.checkpoint import Checkpointer
+from camjax.config_schema import selection_direction
 from camjax.data import Splits, TrainBatches, eval_batches, normalize_images
-from camjax.errors import CamjaxError
-from camjax.models import CLASSIFIER, build_model, init_variables
+from camjax.models import CLASSIFIER
 from camjax.runlog import RunLog, Throughput, format_duration
-
-
-# =============================================================================
-# State
-# =============================================================================
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-
-
-def model_kwargs(model_cfg) -> dict:
-    return {k: v for k, v in model_cfg.items() if k != 'name'}
-
-
-def init_state(model, init_opt_state, *, seed: int, image_size: int, mesh) -> TrainState:
-    """Fresh state, replicated on the mesh. Identical on every process (same
-    seed). `init_opt_state(params)` makes the optimizer state (e.g. `tx.init`)."""
-    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = init_variables(model, jax.random.key(seed), dummy)
-    params = variables['params']
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       batch_stats=variables.get('batch_stats', {}),
-                       opt_state=init_opt_state(params))
-    return jax.device_put(state, parallel.replicated(mesh))
-
-
-def load_pretrained(state: TrainState, path: str, step: int | None, *,
-                    new_classifier_ok: bool = True) -> TrainState:
-    """Start from the model variables of another camjax run.
-
-    Every parameter and BatchNorm statistic must match in path and shape;
-    otherwise the error names the first mismatching path and both shapes.
-    With `new_classifier_ok` (fine-tuning), a CAM classifier whose class count
-    differs (e.g. ImageNet -> CUB) is kept freshly initialized instead; a
-    refine run passes False, since it must continue the very same model.
-    Optimizer state starts fresh.
-    """
-    restored = restore_model_variables(path, step)
-    for name in ('params', 'batch_stats'):
-        ours = flax.traverse_util.flatten_dict(getattr(state, name), sep='/')
-        theirs = flax.traverse_util.flatten_dict(restored[name], sep='/')
-        classifier = {k for k in ours if k.startswith(CLASSIFIER + '/')}
-        keep_fresh = classifier if new_classifier_ok and any(
-            k in theirs and theirs[k].shape != ours[k].shape for k in classifier) else set()
-        extra = sorted(set(theirs) - set(ours))
-        if extra:
-            raise CamjaxError(f'checkpoint {path} has {name}/{extra[0]}, which the configured '
-                              'model lacks (architecture mismatch)')
-        merged = {}
-        for key, value in sorted(ours.items()):
-            if key in keep_fresh:
-                merged[key] = value
-                continue
-            if key not in theirs:
-                raise CamjaxError(f'checkpoint {path} has no {name}/{key} (architecture '
-                                  'mismatch)')
-            if theirs[key].shape != value.shape:
-                raise CamjaxError(f'checkpoint {path}: {name}/{key} has shape '
-                                  f'{tuple(theirs[key].shape)}, the model needs '
-                                  f'{tuple(value.shape)}')
-            merged[key] = jax.device_put(np.asarray(theirs[key], value.dtype), value.sharding)
-        state = state.replace(**{name: flax.traverse_util.unflatten_dict(merged, sep='/')})
-    return state
-
-
-def forward(model, params, batch_stats, images, *, train: bool):
-    variables = {'params': params, 'batch_stats': batch_stats}
-    if train:
-        (logits, features), updates = model.apply(variables, images, train=True,
-                                                  mutable=['batch_stats'])
-        return logits, features, updates.get('batch_stats', {})
-    logits, features = model.apply(variables, images, train=False)
-    return logits, features, batch_stats
+from camjax.state import TrainState, forward, init_state, load_pretrained, model_from_config
 
 
 def _objective_inputs(logits, features, labels, params, pos_rate) -> dict:
@@ -210,6 +132,16 @@ def _fresh_meta() -> dict:
             'stopped_early': False}
 
 
+def _better(score: float, best: float, direction: str) -> bool:
+    """Strictly better: ties keep the earlier checkpoint. A NaN score is never
+    better, and anything else beats a NaN best."""
+    if math.isnan(score):
+        return False
+    if math.isnan(best):
+        return True
+    return score > best if direction == 'higher' else score < best
+
+
 def _format_terms(values: dict) -> str:
     return ' '.join(f'{k.removeprefix("loss/")} {v:.4f}' for k, v in values.items()
                     if k.startswith('loss/'))
@@ -222,8 +154,7 @@ class Run:
     def __init__(self, config, workdir: str, splits: Splits):
         self.cfg_t, self.cfg_d, self.splits = config.train, config.dataset, splits
         self.mesh = parallel.make_mesh()
-        self.model = build_model(config.model.name, num_classes=splits.num_classes,
-                                 **model_kwargs(config.model))
+        self.model = model_from_config(config, num_classes=splits.num_classes)
         self.objective = objectives.build_objective(config.loss)
         self.log = RunLog(workdir)
         if splits.train_label_noise is not None:  # which training labels were flipped
@@ -287,7 +218,8 @@ class Run:
         if 'val' not in record:
             return
         score = record['val'][self.cfg_t.selection_metric]
-        if meta['best_score'] is None or score > meta['best_score']:
+        if meta['best_score'] is None or _better(score, meta['best_score'],
+                                                 selection_direction(self.cfg_t.selection_metric)):
             meta.update(best_score=score, best_step=step, evals_since_best=0)
             self.ckpt.save_best(step, state, meta=dict(meta))
             return

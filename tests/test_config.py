@@ -83,6 +83,11 @@ CLI_CASES = {
     'batch not divisible': ['--config.train.batch_size=7'],
     'missing imagefolder': ['--config.dataset.name=imagefolder:/does/not/exist'],
     'wrong type': ['--config.train.batch_size=many'],
+    # Issue 9's table: each was accepted, or failed deep inside, before.
+    'negative num_steps': ['--config.train.num_steps=-5'],
+    'negative crop_padding': ['--config.dataset.crop_padding=-4'],
+    'unknown selection metric': ['--config.train.selection_metric=accuracyy'],
+    'missing init_from': ['--config.train.init_from=/no/such/run'],
 }
 
 
@@ -97,6 +102,41 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
     assert len(lines) == 1 and lines[0].startswith('camjax: error:'), result.stderr[-2000:]
     assert 'Traceback' not in result.stderr
     assert not os.path.exists(workdir)
+
+
+def test_cli_reads_loss_terms_written_as_dict_calls(tmp_path):
+    """The README's `dict(name=...)` form arrives as a string; it is read as
+    the terms it spells (here the run then stops at the bad num_steps)."""
+    workdir = tmp_path / 'run'
+    result = run_cli('--config=configs/default.py', f'--workdir={workdir}',
+                     "--config.loss=(dict(name='cross_entropy', weight=1.0), "
+                     "dict(name='hnc_kd', weight=0.5, k=3))", '--config.train.num_steps=-5')
+    assert result.returncode == 2
+    assert result.stderr.strip() == ('camjax: error: config: train.num_steps must be >= 0 '
+                                     '(0: use num_epochs), got -5')
+    assert not os.path.exists(workdir)
+
+
+def test_loss_terms_from_text():
+    from camjax.config_schema import parse_loss_terms
+    assert parse_loss_terms(("(dict(name='hnc_mse', k=5, weight=0.1),)",)) == (
+        {'name': 'hnc_mse', 'k': 5, 'weight': 0.1},)
+    assert parse_loss_terms(("dict(name='cross_entropy')",)) == ({'name': 'cross_entropy'},)
+    assert parse_loss_terms(({'name': 'cross_entropy'},)) == ({'name': 'cross_entropy'},)
+    for bad in ("(dict(name=open('x')),)", 'cross_entropy', '(1, 2)'):
+        with pytest.raises(ConfigError, match=r"write each term as dict\(name="):
+            parse_loss_terms((bad,))
+
+
+def test_selection_metric_names_and_direction():
+    from camjax.config_schema import selection_direction
+    config = base_config()
+    config.train.selection_metric = 'loss/cross_entropy'
+    validate(config, num_devices=1)
+    assert selection_direction('loss') == selection_direction('loss/hnc_kd') == 'lower'
+    assert selection_direction('accuracy') == 'higher'
+    config.train.selection_metric = 'loss/hnc_kd'  # not a configured term
+    assert "train.selection_metric='loss/hnc_kd' is not a validation metric" in _error(config)
 
 
 def test_cli_refuses_a_workdir_holding_another_config(tmp_path):

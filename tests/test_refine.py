@@ -152,7 +152,7 @@ def _one_line_error(result, needle):
      'refine.rounds (T) must be > 0, got 0'),
     (['--config.train.init_from={base}', '--config.refine.linr_steps=0'],
      'refine.linr_steps (N) must be > 0'),
-    (['--config.train.init_from={base}/nowhere'], 'no checkpoint directory'),
+    (['--config.train.init_from={base}/nowhere'], 'does not exist'),
 ])
 def test_bad_refine_input_is_one_line_and_writes_nothing(base, tmp_path, flags, needle):
     workdir = tmp_path / 'run'
@@ -170,3 +170,17 @@ def test_mismatched_checkpoint_names_the_parameter_and_both_shapes(base, tmp_pat
     message = result.stderr.strip().splitlines()[-1]
     assert 'params/' in message and '(8,)' in message and '(4,)' in message
     assert os.listdir(base[0])  # the source run is untouched
+
+
+def test_refining_another_architecture_fails_before_writing(base, tmp_path):
+    """The head / architecture of train.init_from is checked up front, from
+    the checkpoint's metadata, so the refine workdir is never created."""
+    from camjax.errors import CamjaxError
+    from camjax.main import run
+    base_dir, _, _ = base
+    workdir = tmp_path / 'refined'
+    config = refine_config(base_dir)
+    config.model = dict(name='resnet8', width=4)
+    with pytest.raises(CamjaxError, match='has shape .* the model needs'):
+        run(config, str(workdir))
+    assert not workdir.exists()

@@ -19,7 +19,8 @@ DATA_PARALLEL_SCRIPT = r'''
 import jax, numpy as np, optax
 from camjax import objectives, parallel
 from camjax.models import build_model
-from camjax.train import init_state, make_train_step
+from camjax.state import init_state
+from camjax.train import make_train_step
 
 model = build_model('resnet8', num_classes=12, width=8)  # BatchNorm: global batch stats
 objective = objectives.build_objective((dict(name='cross_entropy'),))
@@ -157,7 +158,7 @@ def test_fine_tune_from_another_run(tmp_path):
 
     from camjax import parallel
     from camjax.models import build_model
-    from camjax.train import init_state, load_pretrained
+    from camjax.state import init_state, load_pretrained
     fewer = init_state(build_model('resnet8', num_classes=5, width=8), optax.sgd(0.1).init,
                        seed=3, image_size=32, mesh=parallel.make_mesh())
     loaded = load_pretrained(fewer, str(tmp_path / 'source'), None)
@@ -182,3 +183,15 @@ def test_label_noise_is_stored_with_the_run(tmp_path):
     assert 0.3 < flipped.mean() < 0.5
     assert np.all(saved['noisy'][flipped] != saved['original'][flipped])
     assert np.all(saved['noisy'][~flipped] == saved['original'][~flipped])
+
+
+def test_selection_by_loss_keeps_the_lowest_validation_loss(tmp_path):
+    """A loss is lower-is-better: selection used to keep the worst checkpoint."""
+    config = small_config(**{'train.selection_metric': 'loss', 'train.eval_every': 2,
+                             'train.num_steps': 8})
+    _, best = train_and_evaluate(config, str(tmp_path), open_splits(config.dataset))
+    evals = [r for r in read_records(str(tmp_path)) if r['kind'] == 'eval']
+    losses = [r['val']['loss'] for r in evals]
+    assert len(set(losses)) == len(losses) == 4
+    assert best['step'] == evals[int(np.argmin(losses))]['step']
+    assert best['val_score'] == min(losses)
