@@ -176,13 +176,14 @@ def classifier_weight_penalty(*, kernel, form: str, lam: float = 0.0, lam_pos: f
 # Multi-label classification.
 # =============================================================================
 def weighted_sigmoid_ce_per_example(*, logits, labels, pos_rate):
-    """HNC paper, Eq. 8 per example: -sum_o u_o [y_o log s(z_o) + (1 - y_o)
-    log(1 - s(z_o))], u_o = exp(1 - p_o) if y_o = 1 else exp(p_o). Returns (B,)."""
+    """HNC paper, Eq. 8 per example: -(1/n) sum_o u_o [y_o log s(z_o) +
+    (1 - y_o) log(1 - s(z_o))], n = K classes (Sec. 3.1), u_o = exp(1 - p_o)
+    if y_o = 1 else exp(p_o). Returns (B,)."""
     labels = labels.astype(logits.dtype)
     weights = jnp.where(labels > 0, jnp.exp(1.0 - pos_rate), jnp.exp(pos_rate))
     per_class = -(labels * jax.nn.log_sigmoid(logits)
                   + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
-    return jnp.sum(weights * per_class, axis=-1)
+    return jnp.mean(weights * per_class, axis=-1)  # the 1/n of Eq. 8
 
 
 def weighted_sigmoid_ce(*, logits, labels, pos_rate):
@@ -193,9 +194,9 @@ def weighted_sigmoid_ce(*, logits, labels, pos_rate):
       labels: (B, K) targets in {0, 1}.
       pos_rate: (K,) positive rate p_o of each class on the training split.
     Returns:
-      Scalar: summed over classes, averaged over the batch. Rare classes get
-      larger weight on their positives (exp(1 - p_o)) and smaller on their
-      negatives (exp(p_o)).
+      Scalar: Eq. 8's mean over the K classes, averaged over the batch. Rare
+      classes get larger weight on their positives (exp(1 - p_o)) and smaller
+      on their negatives (exp(p_o)).
     """
     return jnp.mean(weighted_sigmoid_ce_per_example(logits=logits, labels=labels,
                                                     pos_rate=pos_rate))

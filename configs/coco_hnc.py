@@ -10,6 +10,11 @@ extra); labels are the image's object classes (objects/label). The issue does
 not restate COCO's lambda, k, lr or schedule: k=10 of 80, the ImageNet
 ResNet-101 lambdas, and lr 0.01 with cosine decay over 40 epochs are the start.
 The best checkpoint is picked by mean label accuracy on validation.
+
+The HNC lambda is relative to Eq. 8 as the paper writes it: weighted SCE is a
+mean over the n = 80 classes (the 1/n of Eq. 8), so its value is O(1) like a
+softmax CE's, and the total is WSCE + lambda * HNC (Eq. 9). A WSCE summed over
+classes would be 80x larger and shrink the HNC share by 80x at the same lambda.
 """
 
 from camjax.config_presets import imagenet_input

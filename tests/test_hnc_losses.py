@@ -172,7 +172,9 @@ def test_weighted_sigmoid_ce_matches_numpy_eq8():
     pos_rate = np.array([0.1, 0.5, 0.02, 0.3])
     p = 1 / (1 + np.exp(-logits))
     u = np.where(labels == 1, np.exp(1 - pos_rate), np.exp(pos_rate))
-    expected = np.mean(np.sum(-u * (labels * np.log(p) + (1 - labels) * np.log(1 - p)), 1))
+    n = logits.shape[1]  # Eq. 8: -(1/n) sum over the n classes, per image
+    eq8 = -(1 / n) * np.sum(u * (labels * np.log(p) + (1 - labels) * np.log(1 - p)), axis=1)
+    expected = np.mean(eq8)
     got = losses.weighted_sigmoid_ce(logits=jnp.asarray(logits, jnp.float32),
                                      labels=jnp.asarray(labels), pos_rate=jnp.asarray(pos_rate))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
