@@ -1,7 +1,7 @@
 """Step-time cost of a LinR step relative to a cross-entropy train step.
 
 Both are the real jitted data-parallel steps camjax runs: the classification
-step of a refine run (`train.make_train_step`, CE, SGD momentum) and its LinR
+step of a refine run (`refine.make_cls_step`, CE, SGD momentum) and its LinR
 step (`refine.make_linr_step`: a forward-backward pass on the mixed batch plus
 one no-grad forward pass for P2), on the same model, the same fixed random
 uint8 batch (batch-sharded on the mesh) and the same initial state. Each is
@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from camjax import objectives, parallel, refine, train  # noqa: E402
+from camjax import objectives, parallel, refine  # noqa: E402
 from camjax.config_schema import base_config  # noqa: E402
 from camjax.models import build_model  # noqa: E402
 from camjax.state import init_state  # noqa: E402
@@ -91,8 +91,7 @@ def main():
           f'{jax.default_backend()} x{mesh.devices.size}', flush=True)
 
     objective = objectives.build_objective([dict(name='cross_entropy')])
-    steps = {'ce': (train.make_train_step(model, objective, tx, opt_slot='cls', mesh=mesh,
-                                          **NORM), batch)}
+    steps = {'ce': (refine.make_cls_step(model, objective, tx, mesh=mesh, **NORM), batch)}
     for variant in ('linr', 'linrc', 'linrnm'):
         cfg = ml_collections.ConfigDict(base_config().refine.to_dict())
         cfg.variant = variant

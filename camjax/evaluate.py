@@ -7,7 +7,6 @@ metrics -> `evaluate_run`, which writes `<workdir>/eval/eval.json` and
 `predictions.npz` (the paired predictions `analyze` compares).
 """
 
-import json
 import os
 
 import jax
@@ -22,30 +21,16 @@ from camjax.analysis import weights as weight_analysis
 from camjax.data import eval_batches, normalize_images
 from camjax.errors import CamjaxError
 from camjax.models import CLASSIFIER
+from camjax.rundir import EVAL_DIR, RunDir
 from camjax.state import forward, init_state, load_pretrained, model_from_config
-
-EVAL_DIR = 'eval'
 
 
 # =============================================================================
 # Restoring a run
 # =============================================================================
-def _tuples(value):
-    """JSON lists back to the tuples the config had (hashable module fields)."""
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
 def run_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a camjax run wrote to `workdir/config.json`."""
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
-        raise CamjaxError(f'{workdir!r} is not a camjax run (no config.json)')
-    with open(path) as f:
-        return ml_collections.ConfigDict(_tuples(json.load(f)))
+    return RunDir(workdir).trained_config()
 
 
 def restore_model(config, workdir: str, *, num_classes: int, which: str, mesh):
@@ -223,12 +208,10 @@ def evaluate_run(config, workdir: str, splits, *, mesh=None, write: bool = True)
                                                   num_classes=splits.num_classes, **norm)
             results['fgsm'] = {f'{k:g}': v for k, v in
                                robustness.fgsm_accuracy(fgsm, state, batches()).items()}
-    if write and jax.process_index() == 0:
-        out = os.path.join(workdir, EVAL_DIR)
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, 'eval.json'), 'w') as f:
-            json.dump(results, f, indent=2)
-        np.savez_compressed(os.path.join(out, 'predictions.npz'), labels=outputs['label'],
+    if write:
+        rundir = RunDir(workdir)
+        rundir.write_json(os.path.join(EVAL_DIR, 'eval.json'), results)
+        rundir.write_arrays(os.path.join(EVAL_DIR, 'predictions.npz'), labels=outputs['label'],
                             scores=outputs['scores'])
     return {**results, '_outputs': outputs, '_model': (model, state)}
 

@@ -7,7 +7,6 @@ user can fix is one line on stderr and exit status 2, before anything is
 written.
 """
 
-import json
 import os
 import sys
 
@@ -15,6 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from camjax.errors import CamjaxError, ConfigError
+from camjax.rundir import RunDir
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
@@ -47,37 +47,6 @@ def default_workdir(config_arg: str) -> str:
     return os.path.join('runs', stem + (f'_{variant.replace(",", "-")}' if variant else ''))
 
 
-def config_to_json(config) -> str:
-    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
-
-
-def prepare_workdir(workdir: str, config) -> None:
-    """Create the workdir and write config.json. A workdir that already holds a
-    different config is refused, so no earlier run's files are overwritten."""
-    path = os.path.join(workdir, 'config.json')
-    text = config_to_json(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        new = json.loads(text)
-        if old != new:
-            diff = _first_difference(old, new)
-            raise CamjaxError(f'{workdir} holds a run with a different config ({diff}); '
-                              'rerun with the same config to resume, or pick another --workdir')
-        return
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, 'w') as f:
-        f.write(text)
-
-
-def _first_difference(old, new, prefix='') -> str:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f'{prefix}{key}.')
-    return f'{prefix.rstrip(".")}: {old!r} -> {new!r}'
-
-
 def run(config, workdir: str) -> None:
     import jax
 
@@ -98,7 +67,7 @@ def run(config, workdir: str) -> None:
             raise CamjaxError(f'mode=eval evaluates a trained run, and {workdir!r} does not '
                               'exist (pass --workdir)')
     else:
-        prepare_workdir(workdir, config)
+        RunDir(workdir).create(config)
     run_mode(config, workdir, splits)
 
 

@@ -120,6 +120,14 @@ def _term_args(term: Mapping[str, Any]) -> dict:
 CLASSIFICATION_TERMS = {False: 'cross_entropy', True: 'weighted_sigmoid_ce'}
 
 
+def objective_inputs(logits, features, labels, params, pos_rate) -> dict:
+    """What every objective term reads: the model outputs, labels, params,
+    the CAM classifier and (multi-label) the training split's positive rates."""
+    from camjax.models import CLASSIFIER
+    return {'logits': logits, 'features': features, 'labels': labels, 'params': params,
+            'classifier': params[CLASSIFIER], 'pos_rate': pos_rate}
+
+
 def validate_terms(terms: Sequence[Mapping[str, Any]], *, num_classes: int | None = None,
                    multilabel: bool | None = None) -> None:
     """Raise ConfigError naming the first bad entry of `config.loss`. With

@@ -10,7 +10,6 @@ resumable at (round, phase, step), and keeps the best round by validation.
 """
 
 import copy
-import json
 import os
 
 import jax
@@ -19,9 +18,11 @@ import optax
 
 from camjax import losses, optim, parallel, preflight
 from camjax.data import normalize_images
-from camjax.runlog import Throughput, read_records
+from camjax.loop import LoopState, Plan, RunParts, Window, due
+from camjax.rundir import RunDir, read_records
+from camjax.runlog import Throughput
 from camjax.state import TrainState, forward, init_state
-from camjax.train import Run, make_train_step, run_loop
+from camjax.train import jit_step, train_step_fn
 
 PHASES = ('cls', 'linr')
 
@@ -106,113 +107,91 @@ def make_linr_step(model, tx, refine_cfg, *, seed: int, mean, std, mesh, multila
 # =============================================================================
 # The refine run (LinR paper, Algorithm 1)
 # =============================================================================
-class RefineRun(Run):
-    """A `train.Run` with two optimizers and the round / phase loop."""
+def make_cls_step(model, objective, tx, *, mean, std, mesh, pos_rate=None):
+    """Jitted classification step of a refine run: the training step on
+    `state.opt_state['cls']`, leaving the LinR optimizer's state alone."""
+    inner = train_step_fn(model, objective, tx, mean=mean, std=std, pos_rate=pos_rate)
 
-    new_classifier_ok = False  # refining continues the very same model
+    def cls_step(state: TrainState, batch):
+        stepped, step_metrics = inner(state.replace(opt_state=state.opt_state['cls']), batch)
+        return (stepped.replace(opt_state={**state.opt_state, 'cls': stepped.opt_state}),
+                step_metrics)
 
-    def __init__(self, config, workdir: str, splits, *, eval_splits=('val', 'test')):
-        self.cfg_r, self.seed, self.eval_splits = config.refine, config.seed, eval_splits
-        super().__init__(config, workdir, splits)
-
-    def setup_optimization(self, config) -> None:
-        r, per_epoch = self.cfg_r, self.plan.steps_per_epoch
-        self.phases = ('linr',) if r.variant == 'linrnl' else PHASES
-        self.phase_steps = {'cls': per_epoch if r.cls_steps == -1 else r.cls_steps,
-                            'linr': per_epoch if r.linr_steps == -1 else r.linr_steps}
-        self.plan.total_steps = r.rounds * sum(self.phase_steps[p] for p in self.phases)
-
-        def optimizer(cfg, phase):
-            schedule = optim.make_schedule(cfg, total_steps=r.rounds * self.phase_steps[phase],
-                                           steps_per_epoch=per_epoch)
-            return optim.make_optimizer(cfg, schedule), schedule
-
-        (cls_tx, cls_lr), (linr_tx, linr_lr) = (optimizer(r.cls_optimizer, 'cls'),
-                                                optimizer(r.linr_optimizer, 'linr'))
-        self.learning_rates = {'cls': cls_lr, 'linr': linr_lr}
-        self.train_step = make_train_step(self.model, self.objective, cls_tx, opt_slot='cls',
-                                          **self.step_kwargs)
-        kwargs = {k: v for k, v in self.step_kwargs.items() if k != 'pos_rate'}
-        self.linr_step = make_linr_step(self.model, linr_tx, r, seed=self.seed,
-                                        multilabel=self.splits.multilabel, **kwargs)
-        self.initial_state = init_state(
-            self.model, lambda p: {'cls': cls_tx.init(p), 'linr': linr_tx.init(p)},
-            seed=self.seed, image_size=self.cfg_d.image_size, mesh=self.mesh)
-
-    def fresh_meta(self) -> dict:
-        return {**super().fresh_meta(), 'round': 0, 'phase': self.phases[0], 'phase_step': 0,
-                'steps_run': {p: 0 for p in PHASES}, 'baseline_done': False}
-
-    def round_record(self, state, meta) -> dict:
-        """Evaluate after round meta['round'] (0 = the restored model) and keep
-        the best round by validation."""
-        record = self.eval_record(state, meta['step'], splits=self.eval_splits,
-                                  round=meta['round'])
-        self.update_selection(meta, record, state, meta['step'])
-        return record
-
-    def run_step(self, phase: str, state, batch):
-        if phase == 'cls':
-            return self.train_step(state, batch)
-        return self.linr_step(state, batch['image'])
-
-    def advance(self, meta: dict, state):
-        """Move meta past a finished phase; after the last one, evaluate the round."""
-        meta['phase_step'] = 0
-        index = self.phases.index(meta['phase'])
-        if index + 1 < len(self.phases):
-            meta['phase'] = self.phases[index + 1]
-            return None
-        meta['phase'], meta['round'] = self.phases[0], meta['round'] + 1
-        return self.round_record(state, meta)
-
-    def loop(self, stop_after_steps: int | None):
-        state, meta = self.resume()
-        record, rounds = None, self.cfg_r.rounds
-        if not meta['baseline_done']:
-            record = self.round_record(state, meta)
-            meta['baseline_done'] = True
-        if meta['round'] >= rounds or meta['stopped_early']:
-            self.log.print(f'refinement is already complete after round {meta["round"]}')
-        speed, steps_this_run = Throughput(meta['step']), 0
-        log_every, save_every = self.cfg_t.log_every, self.cfg_t.checkpoint_every
-        while meta['round'] < rounds and not meta['stopped_early']:
-            phase, this_round, window = meta['phase'], meta['round'], None
-            while (meta['phase'], meta['round']) == (phase, this_round):
-                state, step_metrics = self.run_step(phase, state, next(self.batches))
-                meta['step'] += 1
-                meta['phase_step'] += 1
-                meta['steps_run'][phase] += 1
-                steps_this_run += 1
-                window = step_metrics if window is None else jax.tree.map(
-                    jnp.add, window, step_metrics)
-                done_phase = meta['phase_step'] == self.phase_steps[phase]
-                if log_every and (meta['phase_step'] % log_every == 0 or done_phase):
-                    self.log_window(window, meta['step'], speed,
-                                    steps_in_window=(meta['phase_step'] - 1) % log_every + 1,
-                                    tag=f' | round {meta["round"] + 1} {phase}',
-                                    round=meta['round'] + 1, phase=phase,
-                                    lr=float(self.learning_rates[phase](
-                                        meta['steps_run'][phase] - 1)))
-                    window = None
-                if done_phase:
-                    record = self.advance(meta, state) or record
-                if done_phase or (save_every and meta['step'] % save_every == 0):
-                    self.ckpt.save(meta['step'], state, meta=meta,
-                                   data_state=self.batches.get_state())
-                if stop_after_steps is not None and steps_this_run >= stop_after_steps:
-                    return state, record
-        if steps_this_run:
-            record = self.test_best(state, meta) or record
-        return state, record
+    return jit_step(cls_step, mesh)
 
 
-def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None):
-    """Refine `train.init_from` with LinR in `workdir`, resuming from its
-    newest checkpoint. Returns (final TrainState, last eval or best record).
-    `stop_after_steps` ends this invocation early, as a kill would."""
+def _phase_steps(refine_cfg, steps_per_epoch: int) -> dict:
+    return {'cls': steps_per_epoch if refine_cfg.cls_steps == -1 else refine_cfg.cls_steps,
+            'linr': steps_per_epoch if refine_cfg.linr_steps == -1 else refine_cfg.linr_steps}
+
+
+def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None,
+           eval_splits=('val', 'test')):
+    """Refine `train.init_from` with LinR in `workdir` (LinR paper, Algorithm
+    1), resuming from its newest checkpoint. Returns (final TrainState, last
+    eval or best record). `stop_after_steps` ends this invocation early, as a
+    kill would."""
     preflight.check_inputs(config, splits)
-    return run_loop(RefineRun(config, workdir, splits), stop_after_steps)
+    r = config.refine
+    phases = ('linr',) if r.variant == 'linrnl' else PHASES
+    per_epoch = Plan.from_config(config.train, splits.sizes['train']).steps_per_epoch
+    phase_steps = _phase_steps(r, per_epoch)
+    parts = RunParts(config, workdir, splits,
+                     total_steps=r.rounds * sum(phase_steps[p] for p in phases))
+    txs, schedules = {}, {}
+    for phase, cfg in (('cls', r.cls_optimizer), ('linr', r.linr_optimizer)):
+        schedules[phase] = optim.make_schedule(cfg, total_steps=r.rounds * phase_steps[phase],
+                                               steps_per_epoch=per_epoch)
+        txs[phase] = optim.make_optimizer(cfg, schedules[phase])
+    cls_step = make_cls_step(parts.model, parts.objective, txs['cls'], pos_rate=parts.pos_rate,
+                             **parts.step_kwargs)
+    linr_step = make_linr_step(parts.model, txs['linr'], r, seed=config.seed,
+                               multilabel=splits.multilabel, **parts.step_kwargs)
+    steps = {'cls': cls_step, 'linr': lambda state, batch: linr_step(state, batch['image'])}
+    initial = init_state(parts.model, lambda p: {ph: tx.init(p) for ph, tx in txs.items()},
+                         seed=config.seed, image_size=config.dataset.image_size,
+                         mesh=parts.mesh)
+    fresh = LoopState(phase=phases[0], steps_run={p: 0 for p in PHASES})
+    try:
+        state, loop = parts.resume(initial, fresh, new_classifier_ok=False)
+        record = None
+        if not loop.baseline_done:  # round 0: the restored model
+            record = parts.evaluate_and_select(loop, state, splits=eval_splits, round=0)
+            loop.baseline_done = True
+        if loop.round >= r.rounds or loop.stopped_early:
+            parts.log.print(f'refinement is already complete after round {loop.round}')
+        log_every, save_every = config.train.log_every, config.train.checkpoint_every
+        speed, window, steps_this_run = Throughput(loop.step), Window(loop), 0
+        while loop.round < r.rounds and not loop.stopped_early:
+            phase = loop.phase
+            state, step_metrics = steps[phase](state, next(parts.batches))
+            loop.step += 1
+            loop.phase_step += 1
+            loop.steps_run[phase] += 1
+            steps_this_run += 1
+            window.add(step_metrics)
+            phase_done = loop.phase_step == phase_steps[phase]
+            if log_every and (due(loop.phase_step, log_every) or phase_done):
+                parts.log_window(window, loop.step, speed,
+                                 tag=f' | round {loop.round + 1} {phase}',
+                                 round=loop.round + 1, phase=phase,
+                                 lr=float(schedules[phase](loop.steps_run[phase] - 1)))
+            if phase_done:  # on to the next phase; after the last one, evaluate the round
+                loop.phase_step = 0
+                index = phases.index(phase)
+                if index + 1 < len(phases):
+                    loop.phase = phases[index + 1]
+                else:
+                    loop.phase, loop.round = phases[0], loop.round + 1
+                    record = parts.evaluate_and_select(loop, state, splits=eval_splits,
+                                                       round=loop.round)
+            if phase_done or due(loop.step, save_every):
+                parts.save(state, loop, window)
+            if stop_after_steps is not None and steps_this_run >= stop_after_steps:
+                return state, record
+        return state, parts.report_best(state, loop) or record
+    finally:
+        parts.close()
 
 
 # =============================================================================
@@ -235,10 +214,9 @@ def sweep(config, workdir: str, splits) -> dict:
         sub_config = copy.deepcopy(config)
         sub_config.train.init_from_step = step
         sub_dir = os.path.join(workdir, f'step_{step}')
-        os.makedirs(sub_dir, exist_ok=True)
-        run = RefineRun(sub_config, sub_dir, splits, eval_splits=('train', 'val', 'test'))
-        run.log.print(f'sweep: refining step {step} of {source}')
-        run_loop(run, None)
+        if jax.process_index() == 0:
+            print(f'sweep: refining step {step} of {source}', flush=True)
+        refine(sub_config, sub_dir, splits, eval_splits=('train', 'val', 'test'))
         rows.append(sweep_report.row_from_records(
             read_records(sub_dir), step=step, epoch=step / per_epoch))
     if jax.process_index() != 0:
@@ -249,9 +227,6 @@ def sweep(config, workdir: str, splits) -> dict:
 def _steps_per_epoch(config, source: str, num_train: int) -> int:
     """Steps per epoch of the training run in `source`: its config.json's
     batch size (else ours) over the training split's size."""
-    batch = config.train.batch_size
-    path = os.path.join(source, 'config.json')
-    if os.path.exists(path):
-        with open(path) as f:
-            batch = json.load(f).get('train', {}).get('batch_size', batch)
+    saved = RunDir(source).saved_config()
+    batch = saved.train.batch_size if saved is not None else config.train.batch_size
     return max(num_train // batch, 1)

@@ -1,12 +1,11 @@
-"""What a run prints and writes: progress lines, and metrics.jsonl (one JSON
-object per line; train windows, evals, resume markers). Only process 0 writes."""
+"""What a run prints and appends to its metrics.jsonl (through RunDir):
+progress lines, train windows, evals, resume markers. Only process 0 prints."""
 
-import json
-import os
 import time
 
 import jax
-import numpy as np
+
+from camjax.rundir import RunDir
 
 
 def format_duration(seconds: float) -> str:
@@ -17,31 +16,14 @@ def format_duration(seconds: float) -> str:
 
 
 class RunLog:
-    def __init__(self, workdir: str):
-        self._workdir = workdir
-        self._path = os.path.join(workdir, 'metrics.jsonl')
-        self._is_writer = jax.process_index() == 0
-        if self._is_writer:
-            os.makedirs(workdir, exist_ok=True)
+    def __init__(self, rundir: RunDir):
+        self.rundir = rundir
 
     def write(self, record: dict) -> None:
-        if self._is_writer:
-            with open(self._path, 'a') as f:
-                f.write(json.dumps(record) + '\n')
-
-    def write_json(self, name: str, payload: dict) -> None:
-        if self._is_writer:
-            with open(os.path.join(self._workdir, name), 'w') as f:
-                json.dump(payload, f, indent=2)
-
-    def write_arrays(self, name: str, **arrays) -> None:
-        """Numpy arrays as `name` (.npz), unless that file already exists."""
-        path = os.path.join(self._workdir, name)
-        if self._is_writer and not os.path.exists(path):
-            np.savez_compressed(path, **arrays)
+        self.rundir.append(record)
 
     def print(self, line: str) -> None:
-        if self._is_writer:
+        if jax.process_index() == 0:
             print(line, flush=True)
 
 
@@ -57,11 +39,3 @@ class Throughput:
         per_step = (now - self._time) / steps
         self._step, self._time = step, now
         return batch_size / per_step, per_step * (total_steps - step)
-
-
-def read_records(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, 'metrics.jsonl')
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]

@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 import pytest
 from conftest import run_cli
 
-from camjax.runlog import read_records
+from camjax.rundir import read_records
 
 
 @pytest.fixture(scope='module')

@@ -5,7 +5,7 @@ the same seed and number of steps."""
 from conftest import small_config
 
 from camjax.data import open_splits
-from camjax.runlog import read_records
+from camjax.rundir import read_records
 from camjax.train import train_and_evaluate
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from camjax import objectives
 from camjax.data import open_splits
 from camjax.errors import ConfigError
-from camjax.runlog import read_records
+from camjax.rundir import read_records
 from camjax.train import train_and_evaluate
 
 NAMES = ('person', 'dog', 'car', 'boat')

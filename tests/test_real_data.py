@@ -11,7 +11,7 @@ from conftest import ROOT, small_config
 
 from camjax import parallel
 from camjax.data import TrainBatches, open_splits
-from camjax.runlog import read_records
+from camjax.rundir import read_records
 from camjax.train import train_and_evaluate
 
 ARCHIVE = os.path.join(ROOT, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')

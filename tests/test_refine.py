@@ -15,7 +15,7 @@ from conftest import run_cli, small_config
 from camjax.analysis.sweep import sweet_point
 from camjax.data import open_splits
 from camjax.refine import refine, sweep
-from camjax.runlog import read_records
+from camjax.rundir import read_records
 from camjax.train import train_and_evaluate
 
 

@@ -14,7 +14,7 @@ from conftest import ROOT, run_cli
 
 from camjax.checkpoint import restore_model_variables
 from camjax.errors import CamjaxError
-from camjax.runlog import read_records
+from camjax.rundir import read_records
 
 ARGS = ['--config=configs/default.py', '--config.dataset.image_size=32',
         '--config.dataset.synthetic.num_train=480', '--config.dataset.synthetic.num_test=96',

@@ -9,14 +9,16 @@ import os
 import pytest
 from conftest import ROOT, run_cli
 
+from camjax.checkpoint import Checkpointer
 from camjax.config_schema import validate
 from camjax.config_variants import choose
 from camjax.data import open_splits
 from camjax.errors import ConfigError
 from camjax.main import run_mode
 from camjax.objectives import validate_terms
-from camjax.runlog import read_records
-from camjax.train import Run
+from camjax.parallel import make_mesh
+from camjax.rundir import RunDir, read_records
+from camjax.state import init_state, model_from_config
 
 
 def _load(path):
@@ -39,10 +41,14 @@ def _untrained_run(config, splits, workdir) -> str:
     sweep smoke variant restores (its train.init_from)."""
     base = copy.deepcopy(config)
     base.mode = 'train'
-    run = Run(base, workdir, splits)
-    run.ckpt.save(0, run.initial_state, meta={}, data_state=run.batches.get_state())
-    run.ckpt.wait()
-    run.ckpt.close()
+    RunDir(workdir).create(base)
+    model = model_from_config(base, num_classes=splits.num_classes)
+    state = init_state(model, lambda params: {}, seed=base.seed,
+                       image_size=base.dataset.image_size, mesh=make_mesh())
+    ckpt = Checkpointer(workdir, keep=1)
+    ckpt.save(0, state, meta={}, data_state={})
+    ckpt.wait()
+    ckpt.close()
     return workdir
 
 

@@ -1,0 +1,263 @@
+"""What the training and refinement loops share: the step plan, the loop
+state saved with every checkpoint, the log window, and `RunParts`, the pieces
+every loop builds from its config (mesh, model, objective, data, evaluation,
+checkpoints, run directory) with the small operations on them: evaluate,
+select the best checkpoint, log a window, resume, save.
+
+`camjax.train.train_and_evaluate` and `camjax.refine.refine` are flat loops
+over these; neither inherits from the other.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from camjax import objectives, parallel
+from camjax.checkpoint import Checkpointer
+from camjax.config_schema import selection_direction
+from camjax.data import Splits, TrainBatches, eval_batches
+from camjax.eval_step import evaluate, make_eval_step
+from camjax.rundir import LABEL_NOISE, LABEL_STATS, RunDir
+from camjax.runlog import RunLog, Throughput, format_duration
+from camjax.state import load_pretrained, model_from_config
+
+
+def due(step: int, every: int) -> bool:
+    """Is it time, at `step`, for something done every `every` steps (0: never)?"""
+    return every > 0 and step % every == 0
+
+
+@dataclasses.dataclass
+class Plan:
+    """Step counts derived from the config and the dataset size."""
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def from_config(cls, train_cfg, num_train: int) -> 'Plan':
+        steps_per_epoch = max(num_train // train_cfg.batch_size, 1)
+        total = train_cfg.num_steps or math.ceil(train_cfg.num_epochs * steps_per_epoch)
+        return cls(steps_per_epoch, total, train_cfg.eval_every or steps_per_epoch,
+                   train_cfg.checkpoint_every or steps_per_epoch)
+
+
+@dataclasses.dataclass
+class LoopState:
+    """The loop's own state, saved as JSON with every checkpoint ('meta').
+
+    `window` holds the summed step metrics since the last train record (host
+    floats of the float32 device sums, so exact) and `window_steps` their
+    count: a resumed run continues the very same window. The refine loop also
+    uses `round`, `phase`, `phase_step`, `steps_run` and `baseline_done`.
+    """
+    step: int = 0
+    best_score: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    window: dict = dataclasses.field(default_factory=dict)
+    window_steps: int = 0
+    round: int = 0
+    phase: str = ''
+    phase_step: int = 0
+    steps_run: dict = dataclasses.field(default_factory=dict)
+    baseline_done: bool = False
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, saved: dict) -> 'LoopState':
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in names})
+
+
+class Window:
+    """Step metrics summed on device (no host sync per step) until logged."""
+
+    def __init__(self, loop: LoopState):
+        self.sums = ({k: jnp.asarray(v, jnp.float32) for k, v in loop.window.items()}
+                     if loop.window else None)
+        self.steps = loop.window_steps
+
+    def add(self, step_metrics: dict) -> None:
+        self.sums = step_metrics if self.sums is None else jax.tree.map(jnp.add, self.sums,
+                                                                        step_metrics)
+        self.steps += 1
+
+    def take_means(self) -> dict:
+        """Mean of each metric over the steps actually in the window; resets."""
+        means = {k: float(v) / self.steps for k, v in jax.device_get(self.sums).items()}
+        self.sums, self.steps = None, 0
+        return means
+
+    def store(self, loop: LoopState) -> None:
+        """Put the open window into `loop`, to be saved with a checkpoint."""
+        loop.window = ({} if self.sums is None else
+                       {k: float(np.float32(v)) for k, v in jax.device_get(self.sums).items()})
+        loop.window_steps = self.steps
+
+
+def _format_terms(values: dict) -> str:
+    return ' '.join(f'{k.removeprefix("loss/")} {v:.4f}' for k, v in values.items()
+                    if k.startswith('loss/'))
+
+
+def better(score: float, best: float | None, direction: str) -> bool:
+    """Strictly better: ties keep the earlier checkpoint. A NaN score is never
+    better, and anything else beats no best or a NaN best."""
+    if best is None:
+        return True
+    if math.isnan(score):
+        return False
+    if math.isnan(best):
+        return True
+    return score > best if direction == 'higher' else score < best
+
+
+class RunParts:
+    """What one training or refine loop builds from its config."""
+
+    def __init__(self, config, workdir: str, splits: Splits, *, total_steps=None):
+        self.config, self.cfg_t, self.cfg_d, self.splits = (config, config.train,
+                                                            config.dataset, splits)
+        self.rundir = RunDir(workdir)
+        self.rundir.create(config)  # the library API writes the same run directory as the CLI
+        self.log = RunLog(self.rundir)
+        self.mesh = parallel.make_mesh()
+        self.model = model_from_config(config, num_classes=splits.num_classes)
+        self.objective = objectives.build_objective(config.loss)
+        if splits.train_label_noise is not None:  # which training labels were flipped
+            self.rundir.write_arrays(LABEL_NOISE, overwrite=False, **splits.train_label_noise)
+        self.step_kwargs = {'mean': tuple(self.cfg_d.mean), 'std': tuple(self.cfg_d.std),
+                            'mesh': self.mesh}
+        self.pos_rate = self._positive_rate()
+        self.eval_step = make_eval_step(self.model, self.objective,
+                                        num_classes=splits.num_classes,
+                                        negative_cam_k=self.cfg_t.eval_negative_cam_k,
+                                        pos_rate=self.pos_rate, **self.step_kwargs)
+        self.plan = Plan.from_config(self.cfg_t, splits.sizes['train'])
+        if total_steps is not None:
+            self.plan.total_steps = total_steps
+        self.batches = TrainBatches(splits.train, cfg=self.cfg_d,
+                                    global_batch=self.cfg_t.batch_size, seed=config.seed,
+                                    sharding=parallel.batch_sharded(self.mesh))
+        self.ckpt = Checkpointer(workdir, keep=self.cfg_t.keep_checkpoints)
+
+    def _positive_rate(self):
+        """Multi-label runs compute the training split's positive rates once
+        and keep them in label_stats.json, so a resumed run uses the same."""
+        if not self.splits.multilabel:
+            return None
+        if self.rundir.exists(LABEL_STATS):
+            return jnp.asarray(self.rundir.read_json(LABEL_STATS)['positive_rate'], jnp.float32)
+        rate = [float(r) for r in self.splits.positive_rate]
+        self.rundir.write_json(LABEL_STATS, {'positive_rate': rate,
+                                             'class_names': list(self.splits.class_names)})
+        return jnp.asarray(rate, jnp.float32)
+
+    # -- evaluation and selection ---------------------------------------------
+    def evaluate_split(self, state, split: str) -> dict:
+        return evaluate(self.eval_step, state, eval_batches(
+            getattr(self.splits, split), cfg=self.cfg_d, global_batch=self.cfg_t.eval_batch_size,
+            global_size=self.splits.sizes[split], sharding=parallel.batch_sharded(self.mesh)))
+
+    def eval_record(self, state, step: int, *, splits=('val', 'test'), **extra) -> dict:
+        record = {'kind': 'eval', 'step': step, 'epoch': step / self.plan.steps_per_epoch,
+                  **extra}
+        for split in splits:
+            if getattr(self.splits, split) is not None:
+                record[split] = self.evaluate_split(state, split)
+        self.log.write(record)
+        where = ''.join(f' {k} {v}' for k, v in extra.items())
+        self.log.print(f'eval step {step}{where}: ' + ' | '.join(
+            f'{s} acc {record[s]["accuracy"]:.4f} loss {record[s]["loss"]:.4f}'
+            for s in splits if s in record))
+        return record
+
+    def select(self, loop: LoopState, record: dict, state) -> None:
+        """Keep the best checkpoint by validation (never test); early-stop on patience."""
+        if 'val' not in record:
+            return
+        metric = self.cfg_t.selection_metric
+        score = record['val'][metric]
+        if better(score, loop.best_score, selection_direction(metric)):
+            loop.best_score, loop.best_step, loop.evals_since_best = score, loop.step, 0
+            self.ckpt.save_best(loop.step, state, meta=loop.to_json())
+            return
+        loop.evals_since_best += 1
+        patience = self.cfg_t.early_stopping_patience
+        if patience and loop.evals_since_best >= patience:
+            loop.stopped_early = True
+
+    def evaluate_and_select(self, loop: LoopState, state, **record_kwargs) -> dict:
+        record = self.eval_record(state, loop.step, **record_kwargs)
+        self.select(loop, record, state)
+        return record
+
+    def report_best(self, state, loop: LoopState) -> dict | None:
+        """Evaluate the best-by-validation checkpoint on test, once, at the
+        end (again only if a kill came before its record was written)."""
+        if loop.best_step is None or any(r['kind'] == 'best' for r in self.rundir.records()):
+            return None
+        self.ckpt.wait()
+        test = self.evaluate_split(self.ckpt.restore_best(state), 'test')
+        record = {'kind': 'best', 'step': loop.best_step, 'val_score': loop.best_score,
+                  'stopped_early': loop.stopped_early, 'test': test}
+        self.log.write(record)
+        self.log.print(f'best checkpoint: step {loop.best_step} (val '
+                       f'{self.cfg_t.selection_metric} {loop.best_score:.4f}) -> test '
+                       f'accuracy {test["accuracy"]:.4f}'
+                       + (' [early stopped]' if loop.stopped_early else ''))
+        return record
+
+    # -- logging, resuming, saving -------------------------------------------
+    def log_window(self, window: Window, step: int, speed: Throughput, *, tag: str = '',
+                   **fields) -> None:
+        """Log the mean of the window's step metrics plus `fields`."""
+        means = window.take_means()
+        total = self.plan.total_steps
+        images_per_s, eta = speed.tick(step, batch_size=self.cfg_t.batch_size,
+                                       total_steps=total)
+        self.log.write({'kind': 'train', 'step': step, **fields, 'images_per_s': images_per_s,
+                        **means})
+        accuracy = f' | acc {means["accuracy"]:.3f}' if 'accuracy' in means else ''
+        self.log.print(f'step {step}/{total}{tag} | loss {means["loss"]:.4f} '
+                       f'({_format_terms(means)}){accuracy} | '
+                       f'{images_per_s:.0f} img/s | ETA {format_duration(eta)}')
+
+    def resume(self, initial_state, fresh: LoopState, *, new_classifier_ok: bool):
+        """(state, loop state) from the newest checkpoint; else the initial
+        state (from train.init_from's weights, if set) and `fresh`."""
+        restored = self.ckpt.restore_latest(initial_state)
+        if restored is None:
+            state = initial_state
+            if self.cfg_t.init_from:  # only a fresh run starts from another run's weights
+                step = None if self.cfg_t.init_from_step < 0 else self.cfg_t.init_from_step
+                state = load_pretrained(state, self.cfg_t.init_from, step,
+                                        new_classifier_ok=new_classifier_ok)
+                self.log.print(f'initialized from {self.cfg_t.init_from}')
+            self.rundir.rewind(0)
+            return state, fresh
+        state, meta, data_state = restored
+        loop = LoopState.from_json(meta)
+        self.batches.set_state(data_state)
+        self.rundir.rewind(loop.step)  # what ran after this checkpoint runs again
+        self.log.write({'kind': 'resume', 'step': loop.step})
+        self.log.print(f'resumed from step {loop.step}')
+        return state, loop
+
+    def save(self, state, loop: LoopState, window: Window) -> None:
+        window.store(loop)
+        self.ckpt.save(loop.step, state, meta=loop.to_json(),
+                       data_state=self.batches.get_state())
+
+    def close(self) -> None:
+        """Finish and close the checkpoint saves, even after an error."""
+        self.ckpt.wait()
+        self.ckpt.close()

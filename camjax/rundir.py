@@ -1,0 +1,166 @@
+"""The run directory: the one module that reads and writes a run's files.
+
+  <workdir>/config.json        the run's whole config: the source of truth that
+                               eval, analyze, refine and sweep rebuild it from
+  <workdir>/metrics.jsonl      one JSON record per line: 'train' windows,
+                               'eval's, 'resume' markers, the 'best' record
+  <workdir>/label_noise.npz    which training labels were flipped (label noise)
+  <workdir>/label_stats.json   a multi-label training split's positive rates
+  <workdir>/eval/              mode=eval: eval.json, predictions.npz
+  <workdir>/analysis.json, report.html, cache/   mode=analyze
+  <workdir>/sweep.*, step_<S>/ mode=sweep
+  <workdir>/checkpoints/, best/  Orbax saves (camjax.checkpoint)
+
+Only process 0 writes. JSON files are written whole to a temporary name and
+renamed, so a kill never leaves half a file.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from camjax.errors import CamjaxError
+
+CONFIG, METRICS = 'config.json', 'metrics.jsonl'
+LABEL_NOISE, LABEL_STATS = 'label_noise.npz', 'label_stats.json'
+EVAL_DIR = 'eval'
+
+
+def config_to_dict(config) -> dict:
+    """The config as config.json stores it (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str))
+
+
+def _tuples(value):
+    """JSON lists back to the tuples the config had (hashable module fields)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def differences(old, new, prefix: str = '') -> list[str]:
+    """Every differing leaf of two config dicts, as 'a.b: old -> new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                out.extend(differences(old.get(key), new.get(key), f'{prefix}{key}.'))
+        return out
+    return [f'{prefix.rstrip(".")}: {old!r} -> {new!r}']
+
+
+class RunDir:
+    def __init__(self, path: str):
+        self.path = str(path)
+        self.is_writer = jax.process_index() == 0
+
+    def file(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        return os.path.exists(self.file(*parts))
+
+    # -- config.json ---------------------------------------------------------
+    def saved_config(self) -> ml_collections.ConfigDict | None:
+        if not self.exists(CONFIG):
+            return None
+        try:
+            with open(self.file(CONFIG)) as f:
+                return ml_collections.ConfigDict(_tuples(json.load(f)))
+        except (OSError, ValueError) as e:
+            raise CamjaxError(f'{self.file(CONFIG)} is unreadable ({type(e).__name__}: '
+                              f'{e})') from None
+
+    def trained_config(self) -> ml_collections.ConfigDict:
+        """The config of the trained run here; CamjaxError if it is not one."""
+        config = self.saved_config()
+        if config is None:
+            raise CamjaxError(f'{self.path!r} is not a camjax run (no {CONFIG})')
+        return config
+
+    def create(self, config) -> None:
+        """Write config.json, or check that the run here has the same config.
+        A different one is refused naming every differing field, so no
+        earlier run's files are overwritten."""
+        saved = self.saved_config()
+        new = config_to_dict(config)
+        if saved is not None:
+            diffs = differences(config_to_dict(saved), new)
+            if diffs:
+                raise CamjaxError(f'{self.path} holds a run with a different config '
+                                  f'({"; ".join(diffs)}); rerun with the same config to '
+                                  'resume, or pick another --workdir')
+            return
+        self.write_json(CONFIG, new, sort_keys=True)
+
+    # -- metrics.jsonl -------------------------------------------------------
+    def append(self, record: dict) -> None:
+        if self.is_writer:
+            os.makedirs(self.path, exist_ok=True)
+            with open(self.file(METRICS), 'a') as f:
+                f.write(json.dumps(record) + '\n')
+
+    def records(self) -> list[dict]:
+        if not self.exists(METRICS):
+            return []
+        with open(self.file(METRICS)) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def rewind(self, step: int) -> None:
+        """Drop the records of steps after `step`: a run resuming from its
+        step-`step` checkpoint replays them, so metrics.jsonl of a killed and
+        resumed run equals an uninterrupted one's (plus 'resume' markers)."""
+        if not self.is_writer:
+            return
+        records = self.records()
+        kept = [r for r in records if r.get('step', 0) <= step]
+        if len(kept) != len(records):
+            self._write_atomic(METRICS, ''.join(json.dumps(r) + '\n' for r in kept))
+
+    # -- other files -----------------------------------------------------------
+    def write_json(self, name: str, payload, **kwargs) -> None:
+        if self.is_writer:
+            self._write_atomic(name, json.dumps(payload, indent=2, **kwargs))
+
+    def read_json(self, name: str):
+        with open(self.file(name)) as f:
+            return json.load(f)
+
+    def write_text(self, name: str, text: str) -> None:
+        if self.is_writer:
+            self._write_atomic(name, text)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        if self.is_writer:
+            self._write_atomic(name, data)
+
+    def write_arrays(self, name: str, *, overwrite: bool = True, **arrays) -> None:
+        """Numpy arrays as `name` (.npz); with overwrite=False, only if absent."""
+        if self.is_writer and (overwrite or not self.exists(name)):
+            path = self.file(name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = path + '.tmp.npz'
+            np.savez_compressed(tmp, **arrays)
+            os.replace(tmp, path)
+
+    def read_arrays(self, name: str) -> dict:
+        with np.load(self.file(name)) as data:
+            return dict(data)
+
+    def _write_atomic(self, name: str, content) -> None:
+        path = self.file(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f'{path}.tmp'
+        with open(tmp, 'wb' if isinstance(content, bytes) else 'w') as f:
+            f.write(content)
+        os.replace(tmp, path)
+
+
+def read_records(workdir: str) -> list[dict]:
+    """The records of `workdir`'s metrics.jsonl ([] if there are none)."""
+    return RunDir(workdir).records()
