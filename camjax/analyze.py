@@ -6,6 +6,7 @@ correction), classifier-weight histograms and sparsity, CAM grids, the loss
 landscape on shared directions, train / validation curves and the configs.
 """
 
+import hashlib
 import json
 import os
 
@@ -21,10 +22,18 @@ from camjax.analysis.report import Report
 from camjax.data import eval_batches, normalize_images, open_splits
 from camjax.data.transforms import to_rgb
 from camjax.errors import CamjaxError
-from camjax.evaluate import evaluate_run, run_config, summary_line
+from camjax.evaluate import (
+    evaluate_run,
+    evaluated_checkpoint,
+    restore_model,
+    run_config,
+    summary_line,
+)
 from camjax.models import CLASSIFIER
-from camjax.runlog import read_records
+from camjax.rundir import RunDir, config_to_dict, read_records
 from camjax.state import forward
+
+CACHE_DIR = 'cache'
 
 
 def _names(workdirs) -> list[str]:
@@ -33,16 +42,46 @@ def _names(workdirs) -> list[str]:
     return names if len(set(names)) == len(names) else list(workdirs)
 
 
-def _evaluate_runs(config, mesh):
-    """{name: (run config, splits, evaluate_run results)} for every run."""
-    runs = {}
-    for name, workdir in zip(_names(config.evaluation.runs), config.evaluation.runs,
-                             strict=True):
-        run_cfg = run_config(workdir)
-        run_cfg.evaluation = config.evaluation
-        splits = open_splits(run_cfg.dataset, process_index=jax.process_index(),
+def _cache_name(name: str, workdir: str, evaluation) -> str:
+    """cache/<run>-step<S>-<hash>: the hash covers the run's config.json, the
+    evaluated checkpoint and the evaluation settings, so a retrained run or
+    other settings never hit an old entry."""
+    source, step = evaluated_checkpoint(workdir, evaluation.checkpoint)
+    settings = {k: v for k, v in evaluation.to_dict().items() if k != 'runs'}
+    key = json.dumps([config_to_dict(run_config(workdir)), os.path.relpath(source, workdir),
+                      settings], sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return os.path.join(CACHE_DIR, f'{name}-step{step}-{digest}')
+
+
+def _evaluate_cached(name: str, workdir: str, evaluation, cache: RunDir, mesh) -> dict:
+    """`evaluate_run` results of one compared run, from the analysis
+    workdir's cache when present. Nothing is written into the run itself."""
+    entry = _cache_name(name, workdir, evaluation)
+    results_file, outputs_file = os.path.join(entry, 'eval.json'), os.path.join(entry,
+                                                                               'outputs.npz')
+    if cache.exists(results_file) and cache.exists(outputs_file):
+        config = run_config(workdir)
+        config.evaluation = evaluation
+        splits = open_splits(config.dataset, process_index=jax.process_index(),
                              process_count=jax.process_count())
-        runs[name] = (run_cfg, splits, evaluate_run(run_cfg, workdir, splits, mesh=mesh))
+        model_state = restore_model(config, workdir, num_classes=splits.num_classes,
+                                    which=evaluation.checkpoint, mesh=mesh)
+        return {**cache.read_json(results_file), '_outputs': cache.read_arrays(outputs_file),
+                '_model': model_state, '_config': config, '_splits': splits}
+    results = evaluate_run(workdir, evaluation, mesh=mesh, write=False)
+    cache.write_json(results_file, {k: v for k, v in results.items() if not k.startswith('_')})
+    cache.write_arrays(outputs_file, **results['_outputs'])
+    return results
+
+
+def _evaluate_runs(config, workdir: str, mesh):
+    """{name: (run config, splits, evaluate_run results)} for every run."""
+    runs, cache = {}, RunDir(workdir)
+    for name, run_dir in zip(_names(config.evaluation.runs), config.evaluation.runs,
+                             strict=True):
+        results = _evaluate_cached(name, run_dir, config.evaluation, cache, mesh)
+        runs[name] = (results['_config'], results['_splits'], results)
     labels = [r[2]['_outputs']['label'] for r in runs.values()]
     if any(x.shape != labels[0].shape or not np.array_equal(x, labels[0]) for x in labels):
         raise CamjaxError('the runs were not evaluated on the same test images in the same '
@@ -129,7 +168,7 @@ def analyze(config, workdir: str, splits=None) -> dict:
     report.html into `workdir`. Returns the analysis summary."""
     e = config.evaluation
     mesh = parallel.make_mesh()
-    runs = _evaluate_runs(config, mesh)
+    runs = _evaluate_runs(config, workdir, mesh)
     names = list(runs)
     baseline = names[0]
     report = Report(f'camjax analysis: {", ".join(names)}')
@@ -203,12 +242,10 @@ def analyze(config, workdir: str, splits=None) -> dict:
     for name in names:
         report.preformatted(json.dumps(runs[name][0].to_dict(), indent=2, default=str),
                             summary=name)
+    rundir = RunDir(workdir)
+    rundir.write_json('analysis.json', summary, default=_json_default)
+    rundir.write_text('report.html', report.html())
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, 'analysis.json'), 'w') as f:
-            json.dump(summary, f, indent=2, default=_json_default)
-        with open(os.path.join(workdir, 'report.html'), 'w') as f:
-            f.write(report.html())
         for name, result in comparisons.items():
             print(f'{name} vs {baseline}: {result.headline}', flush=True)
         print(f'wrote {os.path.join(workdir, "report.html")}', flush=True)

@@ -18,7 +18,8 @@ from camjax import localization, parallel
 from camjax import metrics as metrics_lib
 from camjax.analysis import multilabel as multilabel_metrics
 from camjax.analysis import weights as weight_analysis
-from camjax.data import eval_batches, normalize_images
+from camjax.checkpoint import BEST_DIR, saved_steps
+from camjax.data import eval_batches, normalize_images, open_splits
 from camjax.errors import CamjaxError
 from camjax.models import CLASSIFIER
 from camjax.rundir import EVAL_DIR, RunDir
@@ -33,15 +34,23 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
     return RunDir(workdir).trained_config()
 
 
+def evaluated_checkpoint(workdir: str, which: str) -> tuple[str, int]:
+    """(directory, step) of the checkpoint that evaluation `which` reads:
+    the best by validation ('best', falling back to the newest when the run
+    kept none) or the newest ('latest')."""
+    best = os.path.join(workdir, BEST_DIR)
+    use_best = which == 'best' and os.path.isdir(best) and saved_steps(best)
+    source = best if use_best else workdir
+    return source, saved_steps(source)[-1]
+
+
 def restore_model(config, workdir: str, *, num_classes: int, which: str, mesh):
-    """(model, state) of `workdir`'s best checkpoint (`which='best'`, falling
-    back to the newest when the run kept none) or its newest ('latest')."""
+    """(model, state) of `workdir`'s checkpoint chosen by `evaluated_checkpoint`."""
     model = model_from_config(config, num_classes=num_classes)
     state = init_state(model, lambda params: {}, seed=config.seed,
                        image_size=config.dataset.image_size, mesh=mesh)
-    best = os.path.join(workdir, 'best')
-    source = best if which == 'best' and os.path.isdir(best) and os.listdir(best) else workdir
-    return model, load_pretrained(state, source, None, new_classifier_ok=False)
+    source, step = evaluated_checkpoint(workdir, which)
+    return model, load_pretrained(state, source, step, new_classifier_ok=False)
 
 
 # =============================================================================
@@ -97,8 +106,8 @@ def collect_outputs(step, state, batches) -> dict:
 def classification_metrics(*, labels, logits, num_classes: int) -> dict:
     """Top-1 / top-5 and per-class accuracy by `metrics.topk_correct`, the
     same definition the training loop's evaluation uses."""
-    correct = np.asarray(metrics_lib.topk_correct(logits=logits, labels=labels, k=1))
-    top5 = np.asarray(metrics_lib.topk_correct(logits=logits, labels=labels, k=5))
+    correct = np.asarray(metrics_lib.topk_correct(logits=logits, labels=labels, k=1), np.float64)
+    top5 = np.asarray(metrics_lib.topk_correct(logits=logits, labels=labels, k=5), np.float64)
     counts = np.bincount(labels, minlength=num_classes)
     hits = np.bincount(labels, weights=correct, minlength=num_classes)
     with np.errstate(invalid='ignore', divide='ignore'):
@@ -160,13 +169,22 @@ def localization_metrics(*, cams, gt_boxes, correct, image_size: int, theta: flo
 # =============================================================================
 # A whole run
 # =============================================================================
-def evaluate_run(config, workdir: str, splits, *, mesh=None, write: bool = True) -> dict:
-    """Evaluate the run in `workdir` (built from `config`) on
-    `config.evaluation.split`; returns the results and, with `write`, stores
-    them in `workdir/eval/`. Also returns the host outputs under '_outputs'
-    and the restored (model, state) under '_model' for `analyze`."""
+def evaluate_run(workdir: str, evaluation, *, splits=None, mesh=None,
+                 write: bool = True) -> dict:
+    """Evaluate the run in `workdir` with the `evaluation` settings (a config
+    group as config.evaluation). The model, preprocessing and data come from
+    the run's own config.json; `splits`, when given, must be its dataset
+    opened. Returns the results and, with `write`, stores them in
+    `workdir/eval/`. Also returns the host outputs under '_outputs', the
+    restored (model, state) under '_model' and the run's config under
+    '_config' for `analyze`."""
     from camjax import robustness
 
+    config = run_config(workdir)
+    config.evaluation = evaluation
+    if splits is None:
+        splits = open_splits(config.dataset, process_index=jax.process_index(),
+                             process_count=jax.process_count())
     e, d = config.evaluation, config.dataset
     mesh = mesh or parallel.make_mesh()
     model, state = restore_model(config, workdir, num_classes=splits.num_classes,
@@ -213,7 +231,8 @@ def evaluate_run(config, workdir: str, splits, *, mesh=None, write: bool = True)
         rundir.write_json(os.path.join(EVAL_DIR, 'eval.json'), results)
         rundir.write_arrays(os.path.join(EVAL_DIR, 'predictions.npz'), labels=outputs['label'],
                             scores=outputs['scores'])
-    return {**results, '_outputs': outputs, '_model': (model, state)}
+    return {**results, '_outputs': outputs, '_model': (model, state), '_config': config,
+            '_splits': splits}
 
 
 def summary_line(results: dict) -> str:
@@ -237,8 +256,9 @@ def summary_line(results: dict) -> str:
 
 
 def evaluate(config, workdir: str, splits) -> dict:
-    """Mode 'eval': evaluate the run in `workdir` and print the summary."""
-    results = evaluate_run(config, workdir, splits)
+    """Mode 'eval': evaluate the run in `workdir` (config is its own saved
+    config with the evaluation settings) and print the summary."""
+    results = evaluate_run(workdir, config.evaluation, splits=splits)
     if jax.process_index() == 0:
         print(f'eval ({config.evaluation.split}, {config.evaluation.checkpoint} checkpoint): '
               + summary_line(results), flush=True)

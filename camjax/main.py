@@ -13,6 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from camjax.config_schema import base_config
 from camjax.errors import CamjaxError, ConfigError
 from camjax.rundir import RunDir
 
@@ -20,6 +21,13 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
                                 lock_config=False)
 flags.DEFINE_string('workdir', None, 'Run directory; defaults to runs/<config stem>.')
+flags.DEFINE_enum('mode', None, ['train', 'refine', 'sweep', 'eval', 'analyze'],
+                  'Overrides config.mode. --mode=eval --workdir=DIR needs no --config: it '
+                  "evaluates the run in DIR by its own config.json.")
+config_flags.DEFINE_config_dict('evaluation', base_config().evaluation,
+                                'Evaluation settings for --mode=eval / analyze, e.g. '
+                                '--evaluation.split=val (also --config.evaluation.*).',
+                                lock_config=False)
 
 
 def fail(message: str) -> None:
@@ -47,28 +55,44 @@ def default_workdir(config_arg: str) -> str:
     return os.path.join('runs', stem + (f'_{variant.replace(",", "-")}' if variant else ''))
 
 
-def run(config, workdir: str) -> None:
+def run(config, workdir: str, *, explicit: dict | None = None) -> None:
+    """Run `config` in `workdir`. `explicit` are the command line's
+    `--config.*` overrides ({'a.b': value}): in eval, refine and sweep, one
+    that contradicts the trained run's saved config is refused."""
     import jax
 
-    from camjax import config_schema, objectives, parallel, preflight
+    from camjax import config_schema, objectives, parallel, preflight, saved_config
     from camjax.data import open_splits
 
     parallel.maybe_initialize_distributed()
     config.loss = config_schema.parse_loss_terms(config.loss)
+    explicit = explicit or {}
+    if config.mode == 'eval':  # evaluates the run already in the workdir, by its own config
+        evaluation = config.evaluation
+        config, ignored = saved_config.eval_config(workdir, config, explicit=explicit)
+        config.evaluation = evaluation
+        _note_ignored(ignored, f'{workdir}/config.json')
     config_schema.validate(config, num_devices=jax.device_count())
     preflight.check_paths(config)
-    splits = open_splits(config.dataset, process_index=jax.process_index(),
-                         process_count=jax.process_count())
-    objectives.validate_terms(config.loss, num_classes=splits.num_classes,
-                              multilabel=splits.multilabel)
-    preflight.check_inputs(config, splits)
-    if config.mode == 'eval':  # evaluates the run already in the workdir
-        if not os.path.isdir(workdir):
-            raise CamjaxError(f'mode=eval evaluates a trained run, and {workdir!r} does not '
-                              'exist (pass --workdir)')
-    else:
+    if config.mode in ('refine', 'sweep'):
+        config, ignored = saved_config.refine_config(config, explicit=explicit)
+        _note_ignored(ignored, f'{config.train.init_from}/config.json')
+    splits = None
+    if config.mode != 'analyze':  # analyze opens each compared run's own data
+        splits = open_splits(config.dataset, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+        objectives.validate_terms(config.loss, num_classes=splits.num_classes,
+                                  multilabel=splits.multilabel)
+        preflight.check_inputs(config, splits)
+    if config.mode != 'eval':
         RunDir(workdir).create(config)
     run_mode(config, workdir, splits)
+
+
+def _note_ignored(paths: list[str], source: str) -> None:
+    if paths:
+        shown = ', '.join(paths[:8]) + (f' and {len(paths) - 8} more' if len(paths) > 8 else '')
+        print(f'camjax: using {source} for {shown} (the --config file differs)', flush=True)
 
 
 def run_mode(config, workdir: str, splits):
@@ -88,16 +112,35 @@ def run_mode(config, workdir: str, splits):
     return refine.sweep(config, workdir, splits)
 
 
+def command_line_config():
+    """(config, workdir, explicit overrides) from the flags. Without --config,
+    --mode=eval evaluates --workdir by its saved config.json."""
+    evaluation = config_flags.get_override_values(FLAGS['evaluation'])
+    if FLAGS.config is None:
+        if FLAGS.mode != 'eval' or not FLAGS.workdir:
+            fail('--config is required, e.g. --config=configs/default.py (or evaluate a '
+                 'trained run with --mode=eval --workdir=DIR)')
+        config = RunDir(FLAGS.workdir).trained_config()
+        explicit, workdir = {}, FLAGS.workdir
+    else:
+        config = FLAGS.config
+        explicit = config_flags.get_override_values(FLAGS['config'])
+        workdir = FLAGS.workdir or default_workdir(FLAGS['config'].config_filename)
+    if FLAGS.mode:
+        config.mode = FLAGS.mode
+    for key, value in evaluation.items():
+        config.evaluation[key] = value
+    return config, workdir, explicit
+
+
 def main(argv):
     # Orbax and grain log every save/restore at INFO; progress lines are ours.
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         fail(f'unexpected arguments: {" ".join(argv[1:])}')
-    if FLAGS.config is None:
-        fail('--config is required, e.g. --config=configs/default.py')
-    workdir = FLAGS.workdir or default_workdir(FLAGS['config'].config_filename)
     try:
-        run(FLAGS.config, workdir)
+        config, workdir, explicit = command_line_config()
+        run(config, workdir, explicit=explicit)
     except ConfigError as e:
         fail(f'config: {e}')
     except CamjaxError as e:

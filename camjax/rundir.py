@@ -57,7 +57,12 @@ def differences(old, new, prefix: str = '') -> list[str]:
 class RunDir:
     def __init__(self, path: str):
         self.path = str(path)
-        self.is_writer = jax.process_index() == 0
+
+    @property
+    def is_writer(self) -> bool:
+        # Asked only when writing: reading a config must not start a JAX
+        # backend before jax.distributed is initialized.
+        return jax.process_index() == 0
 
     def file(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)

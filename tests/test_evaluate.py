@@ -4,6 +4,7 @@ baseline, FGSM), then compared with a LinR refinement of itself in
 report.html."""
 
 import base64
+import hashlib
 import html as html_lib
 import json
 import os
@@ -19,8 +20,8 @@ from camjax.rundir import read_records
 def evaluated(default_run):
     workdir, _, result = default_run
     assert result.returncode == 0, result.stderr[-2000:]
-    run = run_cli('--config=configs/default.py', '--config.mode=eval',
-                  '--config.evaluation.fgsm_eps=(0.0,0.02,0.1)', f'--workdir={workdir}')
+    # Only the workdir and evaluation settings: the rest is the run's config.json.
+    run = run_cli('--mode=eval', f'--workdir={workdir}', '--evaluation.fgsm_eps=(0.0,0.02,0.1)')
     assert run.returncode == 0, run.stderr[-2000:]
     with open(workdir / 'eval' / 'eval.json') as f:
         return workdir, json.load(f), run.stdout
@@ -29,7 +30,7 @@ def evaluated(default_run):
 def test_eval_reproduces_the_best_checkpoint_test_accuracy(evaluated):
     workdir, results, stdout = evaluated
     best = [r for r in read_records(str(workdir)) if r['kind'] == 'best'][-1]
-    assert results['classification']['accuracy'] == pytest.approx(best['test']['accuracy'])
+    assert results['classification']['accuracy'] == best['test']['accuracy']
     assert results['classification']['per_class_accuracy'] == pytest.approx(
         best['test']['per_class_accuracy'])
     assert results['classification']['count'] == 1000
@@ -55,6 +56,53 @@ def test_fgsm_at_zero_is_clean_accuracy_and_attacks_hurt(evaluated):
     fgsm = results['fgsm']
     assert fgsm['0'] == pytest.approx(results['classification']['accuracy'])
     assert fgsm['0.1'] < fgsm['0.02'] < fgsm['0']
+
+
+def _file_hashes(workdir: str) -> dict:
+    out = {}
+    for root, _, files in os.walk(workdir):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, 'rb') as f:
+                out[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+SMALL_28PX = ['--config=configs/default.py', '--config.dataset.image_size=28',
+              '--config.dataset.synthetic.num_train=480', '--config.dataset.synthetic.num_test=96',
+              '--config.model.width=8', '--config.train.batch_size=32',
+              '--config.train.num_steps=12', '--config.train.eval_every=6']
+
+
+def test_eval_of_a_28px_run_uses_its_saved_config(tmp_path):
+    """Issue 9's table: eval rebuilt the model and preprocessing from the
+    command line, so a 28 px run evaluated at the default 64 px (20.85%
+    instead of 98.1%). Now `--mode=eval --workdir` alone reproduces the run's
+    own test accuracy exactly, and a contradicting override is refused."""
+    workdir = tmp_path / 'r28'
+    train = run_cli(*SMALL_28PX, f'--workdir={workdir}')
+    assert train.returncode == 0, train.stderr[-2000:]
+    best = [r for r in read_records(str(workdir)) if r['kind'] == 'best'][-1]
+    result = run_cli('--mode=eval', f'--workdir={workdir}', '--evaluation.fgsm_eps=()')
+    assert result.returncode == 0, result.stderr[-2000:]
+    eval_json = workdir / 'eval' / 'eval.json'
+    assert json.loads(eval_json.read_text())['classification']['accuracy'] == \
+        best['test']['accuracy']
+    written = eval_json.read_bytes()
+    refused = run_cli(*SMALL_28PX, '--config.mode=eval', '--config.dataset.image_size=64',
+                      '--config.dataset.mean=(0.4,0.4,0.4)', f'--workdir={workdir}')
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith('camjax: error: config:') and 'Traceback' not in refused.stderr
+    assert 'dataset.image_size=64 (the run has 28)' in line and 'dataset.mean=' in line
+    assert eval_json.read_bytes() == written
+
+
+def test_eval_needs_a_trained_run(tmp_path):
+    result = run_cli('--mode=eval', f'--workdir={tmp_path}/none')
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"camjax: error: '{tmp_path}/none' is not a camjax run "
+                                     '(no config.json)')
 
 
 class _Images(HTMLParser):
@@ -85,12 +133,20 @@ def test_analyze_compares_a_linr_refinement_with_its_baseline(tmp_path):
     train_and_evaluate(config, base, splits)
     refine(small_config(**{'mode': 'refine', 'train.init_from': base, 'refine.rounds': 1,
                            'refine.cls_steps': 3, 'refine.linr_steps': 3}), refined, splits)
-    for workdir, cfg in ((base, config), (refined, config)):  # analyze reads config.json
-        (tmp_path / os.path.basename(workdir) / 'config.json').write_text(
-            json.dumps(cfg.to_dict(), default=str))
-    summary = analyze(small_config(**{
+    before = {w: _file_hashes(w) for w in (base, refined)}
+    analysis = small_config(**{
         'mode': 'analyze', 'evaluation.runs': (base, refined), 'evaluation.fgsm_eps': (0.1,),
-        'evaluation.landscape_steps': 5, 'evaluation.cam_grid_images': 3}), out)
+        'evaluation.landscape_steps': 5, 'evaluation.cam_grid_images': 3})
+    summary = analyze(analysis, out)
+    # analyze writes only into its own workdir; the compared runs stay byte-identical.
+    assert {w: _file_hashes(w) for w in (base, refined)} == before
+    cached = sorted(os.listdir(os.path.join(out, 'cache')))
+    assert [c.split('-step')[0] for c in cached] == ['base', 'refined']
+    # A second analysis reads the cached evaluations and reports the same.
+    again = analyze(analysis, str(tmp_path / 'compare'))
+    assert json.dumps(again, sort_keys=True, default=str) == json.dumps(summary, sort_keys=True,
+                                                                        default=str)
+    assert sorted(os.listdir(os.path.join(out, 'cache'))) == cached
     comparison = summary['per_class']['refined']
     assert comparison['summary']['headline'].startswith('mean ')
     assert len(comparison['classes']) == 12
@@ -128,7 +184,7 @@ def test_eval_of_a_multilabel_run_reports_coco_and_attribute_metrics(tmp_path):
                              'loss': (dict(name='weighted_sigmoid_ce'),)})
     splits = open_splits(config.dataset)
     train_and_evaluate(config, str(tmp_path), splits)
-    results = evaluate_run(config, str(tmp_path), splits)
+    results = evaluate_run(str(tmp_path), config.evaluation, splits=splits)
     coco, attributes = results['multilabel']['coco'], results['multilabel']['attributes']
     assert set(coco) == {'mAP', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1'}
     assert 0 < coco['mAP'] <= 1 and 0 <= attributes['mA'] <= 1

@@ -7,10 +7,9 @@ A row is one refined starting checkpoint:
    'rounds': [{'round', 'train', 'val', 'test'}, ...]}     (accuracies)
 """
 
-import json
-import os
 
 from camjax.analysis.figures import figure_png
+from camjax.rundir import RunDir
 
 SPLITS = ('train', 'val', 'test')
 
@@ -101,16 +100,14 @@ def write(workdir: str, rows: list[dict]) -> dict:
     """Write sweep.json, sweep.md, sweep_scatter.png and sweep_rounds.png;
     returns the summary {'rows', 'sweet_point'}."""
     summary = {'rows': sorted(rows, key=lambda r: r['step']), 'sweet_point': sweet_point(rows)}
-    with open(os.path.join(workdir, 'sweep.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+    rundir = RunDir(workdir)
+    rundir.write_json('sweep.json', summary)
     point = summary['sweet_point']
     verdict = (f'sweet point: epoch {point:g} (from here on every refined round beats its '
                'baseline test accuracy)' if point is not None else
                'sweet point: none (no epoch from which every refined round beats its baseline)')
-    with open(os.path.join(workdir, 'sweep.md'), 'w') as f:
-        f.write(markdown_table(rows) + '\n' + verdict + '\n')
+    rundir.write_text('sweep.md', markdown_table(rows) + '\n' + verdict + '\n')
     for name, make in (('sweep_scatter.png', scatter_figure), ('sweep_rounds.png', rounds_figure)):
-        with open(os.path.join(workdir, name), 'wb') as f:
-            f.write(make(rows))
+        rundir.write_bytes(name, make(rows))
     print(verdict, flush=True)
     return summary
