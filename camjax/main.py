@@ -63,6 +63,7 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
 
     from camjax import config_schema, objectives, parallel, preflight, saved_config
     from camjax.data import open_splits
+    from camjax.data.summary import describe_splits
 
     parallel.maybe_initialize_distributed()
     config.loss = config_schema.parse_loss_terms(config.loss)
@@ -84,6 +85,9 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
         objectives.validate_terms(config.loss, num_classes=splits.num_classes,
                                   multilabel=splits.multilabel)
         preflight.check_inputs(config, splits)
+        if jax.process_index() == 0:
+            for line in describe_splits(splits, config.dataset):
+                print(f'data {line}', flush=True)
     if config.mode != 'eval':
         RunDir(workdir).create(config)
     run_mode(config, workdir, splits)

@@ -37,6 +37,16 @@ class ImageFolderSource(Sequence):
     def __len__(self):
         return len(self._files)
 
+    def stored_format(self, index: int) -> tuple[int, int, int]:
+        """(height, width, channels) of a file as stored, from its header
+        (decoding converts every image to RGB)."""
+        path = self._files[index]
+        try:
+            with Image.open(path) as img:
+                return img.height, img.width, len(img.getbands())
+        except (OSError, ValueError, SyntaxError) as e:
+            raise CamjaxError(f'corrupt image {path}: {e}') from None
+
     def __getitem__(self, index):
         path = self._files[index]
         try:
