@@ -27,12 +27,13 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from timing import compiled_runner  # noqa: E402
+
 from camjax import objectives, parallel, refine  # noqa: E402
 from camjax.config_schema import base_config  # noqa: E402
 from camjax.models import build_model  # noqa: E402
@@ -40,25 +41,6 @@ from camjax.state import init_state  # noqa: E402
 
 TARGET = 1.7  # LinR step time / CE step time
 NORM = {'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}
-
-
-def compiled_runner(step_fn, state, arg):
-    """(`run(n) -> seconds per step`, XLA flops per step), compiled and warmed
-    up; threads its own copy of the donated `state`."""
-    box = [jax.tree.map(jnp.copy, state)]
-    step_fn = step_fn.lower(box[0], arg).compile()
-    cost = step_fn.cost_analysis()
-    flops = (cost[0] if isinstance(cost, list) else cost or {}).get('flops', float('nan'))
-
-    def run(n):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            box[0], metrics = step_fn(box[0], arg)
-        jax.block_until_ready((box[0], metrics))
-        return (time.perf_counter() - t0) / n
-
-    run(2)
-    return run, flops
 
 
 def main():
@@ -100,7 +82,7 @@ def main():
     runners, flops = {}, {}
     for name, (step_fn, arg) in steps.items():
         t0 = time.perf_counter()
-        runners[name], flops[name] = compiled_runner(step_fn, state, arg)
+        runners[name], _, flops[name] = compiled_runner(step_fn, state, arg)
         print(f'   compiled {name:<7} in {time.perf_counter() - t0:5.1f} s: '
               f'{flops[name] / 1e9:8.2f} GFLOP/step', flush=True)
 

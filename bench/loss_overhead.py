@@ -31,14 +31,14 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from timing import compiled_runner  # noqa: E402
+
 from camjax import objectives, parallel, train  # noqa: E402
 from camjax.models import build_model  # noqa: E402
 from camjax.state import init_state  # noqa: E402
@@ -60,22 +60,7 @@ def make_runner(model, tx, terms, state, batch, *, mesh):
     one objective, compiled and warmed up. Trains its own copy of `state`."""
     step = train.make_train_step(model, objectives.build_objective(terms), tx,
                                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), mesh=mesh)
-    box = [jax.tree.map(jnp.copy, state)]
-    t0 = time.perf_counter()
-    step = step.lower(box[0], batch).compile()
-    compile_s = time.perf_counter() - t0
-    cost = step.cost_analysis()
-    flops = (cost[0] if isinstance(cost, list) else cost or {}).get('flops', float('nan'))
-
-    def run(n):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            box[0], metrics = step(box[0], batch)  # the state is donated: thread it
-        jax.block_until_ready((box[0], metrics))
-        return (time.perf_counter() - t0) / n
-
-    run(2)  # warm-up
-    return run, compile_s, flops
+    return compiled_runner(step, state, batch)
 
 
 def bench_case(name, *, size, num_classes, k, batch_size, args):

@@ -51,23 +51,3 @@ def cifar10_folder(dataset_cfg, root: str = 'data/cifar10') -> None:
     dataset_cfg.image_size = 32
     dataset_cfg.mean = (0.4914, 0.4822, 0.4465)
     dataset_cfg.std = (0.2470, 0.2435, 0.2616)
-
-
-def pedestrian_attribute_linr(config, *, name: str, root: str, train: bool) -> None:
-    """Multi-label LinR on a pedestrian-attribute dataset (LinR paper, Sec. 4.6:
-    PETA, PA-100k): ImageNet ResNet-50 at 224px with the weighted sigmoid CE
-    of the HNC paper (Eq. 8), read from an attribute folder (images/ plus
-    train.csv / test.csv of binary attributes); T = 3 rounds of one epoch.
-    `train` makes the baseline run instead of the refinement."""
-    config.dataset.name = f'attrfolder:{root}'
-    imagenet_input(config.dataset)
-    config.dataset.random_flip = True
-    config.model = dict(name='resnet50_imagenet', dtype='bfloat16')
-    config.loss = (dict(name='weighted_sigmoid_ce'),)
-    config.train.batch_size = 64
-    if train:  # Rethinking-PAR's baseline: 30 epochs, SGD lr 0.01, cosine
-        config.optimizer.learning_rate = 0.01
-        config.optimizer.nesterov = False
-        config.train.num_epochs = 30.0
-    else:
-        linr_refinement(config, variant='linr', rounds=3, init_from=f'runs/{name}_train')

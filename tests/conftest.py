@@ -50,6 +50,17 @@ def run_cli(*args, env=None, timeout=600):
                           capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
+def run_on_cpu_devices(script: str, *, devices: int = 4, timeout=600) -> str:
+    """Run a Python `script` in a subprocess that sees `devices` forced CPU
+    devices (JAX fixes the device count at start-up); returns its stdout and
+    fails the test with its stderr if it exits non-zero."""
+    env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+    result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 @pytest.fixture(scope='session')
 def default_run(tmp_path_factory):
     """The README's demo command (configs/default.py on the embedded synthetic

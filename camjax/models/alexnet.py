@@ -12,12 +12,11 @@ after the last ReLU, and GAP of it feeds the same Linear(256, K), so the
 parameter count is the reference's (2.47M for 10 classes).
 """
 
-import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from camjax.models.layers import cam_head, conv_class
+from camjax.models.layers import cam_head, conv_and_norm
 
 # Channels of the five convs in units of `width` (64, 192, 384, 256, 256 at width 64).
 _MULTIPLIERS = (1, 3, 6, 4, 4)
@@ -33,7 +32,7 @@ class CifarAlexNet(nn.Module):
     def __call__(self, x, *, train: bool = False):
         del train  # no BatchNorm or dropout
         dtype = jnp.dtype(self.dtype)
-        conv = functools.partial(conv_class(self.conv_impl), dtype=dtype)
+        conv, _ = conv_and_norm(self.conv_impl, self.dtype, train=False)
         c1, c2, c3, c4, c5 = (m * self.width for m in _MULTIPLIERS)
         x = nn.relu(conv(c1, (11, 11), 4, padding=5)(x.astype(dtype)))
         x = nn.max_pool(x, (2, 2), strides=(2, 2))

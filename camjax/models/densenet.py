@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from camjax.models.layers import cam_head, conv_class
+from camjax.models.layers import cam_head, conv_and_norm
 
 
 class DenseLayer(nn.Module):
@@ -57,10 +57,7 @@ class CifarDenseNet(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         dtype = jnp.dtype(self.dtype)
-        conv = functools.partial(conv_class(self.conv_impl), dtype=dtype)
-        # momentum 0.9 / eps 1e-5 match the PyTorch defaults the reference trained with.
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=dtype)
+        conv, norm = conv_and_norm(self.conv_impl, self.dtype, train)
         x = conv(2 * self.width, (3, 3), padding=1, use_bias=False)(x.astype(dtype))
         for stage, size in enumerate(self.stage_sizes):
             for _ in range(size):

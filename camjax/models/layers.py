@@ -5,6 +5,8 @@ construction and a CAM `M = features @ W` is computable from the model output
 and `params['classifier']` alone.
 """
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -25,6 +27,18 @@ def conv_class(impl: str):
         from camjax.models.fast_conv import FastConv
         return FastConv
     raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}')
+
+
+def conv_and_norm(impl: str, dtype: str, train: bool):
+    """(conv, norm) module factories every model uses: `conv_class(impl)`
+    computing in `dtype`, and BatchNorm with momentum 0.9 / eps 1e-5, the
+    PyTorch defaults the papers trained with, using batch statistics when
+    `train` and running ones otherwise."""
+    dtype = jnp.dtype(dtype)
+    conv = functools.partial(conv_class(impl), dtype=dtype)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=dtype)
+    return conv, norm
 
 
 def cam_head(features, num_classes: int):

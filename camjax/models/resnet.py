@@ -8,13 +8,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from camjax.models.layers import cam_head, conv_class
-
-
-def _norm(train: bool, dtype, **kw):
-    # momentum 0.9 / eps 1e-5 match the PyTorch defaults the papers trained with.
-    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=dtype, **kw)
+from camjax.models.layers import cam_head, conv_and_norm
 
 
 class BasicBlock(nn.Module):
@@ -82,8 +76,7 @@ class CifarResNet(nn.Module):
             raise ValueError(f'CIFAR ResNet depth must be 6n+2, got {self.depth}')
         n = (self.depth - 2) // 6
         dtype = jnp.dtype(self.dtype)
-        conv = functools.partial(conv_class(self.conv_impl), dtype=dtype)
-        norm = _norm(train, dtype)
+        conv, norm = conv_and_norm(self.conv_impl, self.dtype, train)
         x = conv(self.width, (3, 3), self.stem_stride, padding=1, use_bias=False)(x.astype(dtype))
         x = nn.relu(norm()(x))
         for stage in range(3):
@@ -107,8 +100,7 @@ class ImageNetResNet(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         dtype = jnp.dtype(self.dtype)
-        conv = functools.partial(conv_class(self.conv_impl), dtype=dtype)
-        norm = _norm(train, dtype)
+        conv, norm = conv_and_norm(self.conv_impl, self.dtype, train)
         block_cls = Bottleneck if self.bottleneck else BasicBlock
         x = conv(self.width, (7, 7), 2, padding=3, use_bias=False)(x.astype(dtype))
         x = nn.relu(norm()(x))

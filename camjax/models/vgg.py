@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from camjax.models.layers import cam_head, conv_class
+from camjax.models.layers import cam_head, conv_and_norm
 
 # 'M' is a 2x2 max-pool. VGG16 configuration D without the final pool5.
 VGG16_NO_POOL5 = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
@@ -34,7 +34,8 @@ def _conv_stack(x, widths, *, batch_norm, train, dtype, conv_impl):
     Convs before BN have no bias: BN subtracts the batch mean, so a bias there
     gets zero gradient (torchvision's VGG-BN keeps one; 1 float per channel).
     """
-    conv = functools.partial(conv_class(conv_impl), kernel_size=(3, 3), padding=1, dtype=dtype)
+    conv, norm = conv_and_norm(conv_impl, dtype, train)
+    conv = functools.partial(conv, kernel_size=(3, 3), padding=1)
     x = x.astype(dtype)
     for width in widths:
         if width == 'M':
@@ -42,9 +43,7 @@ def _conv_stack(x, widths, *, batch_norm, train, dtype, conv_impl):
             continue
         x = conv(width, use_bias=not batch_norm)(x)
         if batch_norm:
-            # momentum 0.9 / eps 1e-5 match the PyTorch defaults the papers trained with.
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=dtype)(x)
+            x = norm()(x)
         x = nn.relu(x)
     return x
 
