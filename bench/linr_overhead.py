@@ -34,10 +34,11 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from timing import compiled_runner  # noqa: E402
 
-from camjax import objectives, parallel, refine  # noqa: E402
-from camjax.config_schema import base_config  # noqa: E402
+from camjax import objectives, parallel  # noqa: E402
+from camjax.config.schema import base_config  # noqa: E402
 from camjax.models import build_model  # noqa: E402
-from camjax.state import init_state  # noqa: E402
+from camjax.training import refine  # noqa: E402
+from camjax.training.state import init_state  # noqa: E402
 
 TARGET = 1.7  # LinR step time / CE step time
 NORM = {'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}

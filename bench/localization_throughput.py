@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from camjax import localization  # noqa: E402
+from camjax.evaluation import localization  # noqa: E402
 
 TARGET = 10.0  # camjax images/s over the scipy loop's
 

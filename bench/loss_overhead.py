@@ -4,7 +4,7 @@ For each case (model, image size, classes, HNC k, batch) this builds the
 objectives CE only, CE + hnc_kd, CE + hnc_mse and CE + L1 classifier penalty
 with `objectives.build_objective`, and for each the real jitted data-parallel
 train step (`train.make_train_step`, SGD with momentum, state from
-`camjax.state.init_state`, the donated state threaded through) on one fixed random
+`camjax.training.state.init_state`, the donated state threaded through) on one fixed random
 uint8 batch placed batch-sharded on the mesh. All variants start from one
 initial state. Unless --quick, a second, separately compiled CE-only step
 ('ce_again') is an A/A control: its ratio to 'ce' shows what the machine's
@@ -39,9 +39,10 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from timing import compiled_runner  # noqa: E402
 
-from camjax import objectives, parallel, train  # noqa: E402
+from camjax import objectives, parallel  # noqa: E402
 from camjax.models import build_model  # noqa: E402
-from camjax.state import init_state  # noqa: E402
+from camjax.training import train  # noqa: E402
+from camjax.training.state import init_state  # noqa: E402
 
 CE = dict(name='cross_entropy')
 TARGETS = {'hnc_kd': 1.05, 'hnc_mse': 1.05, 'l1': 1.01}  # max step time / CE-only step time

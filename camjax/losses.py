@@ -206,7 +206,7 @@ def weighted_sigmoid_ce(*, logits, labels, pos_rate):
 # Linear Regularization (LinR): "Linear Regularization: An easy approach to
 # refine your model" ("LinR paper"). P1 = f(a x + b y) is the prediction on the
 # mixed input, P2 = a f(x) + b f(y) the mix of the predictions; LinR pulls P1
-# towards P2. The callers (camjax.refine) build P1 and P2; these functions
+# towards P2. The callers (camjax.training.refine) build P1 and P2; these functions
 # only measure their distance.
 # =============================================================================
 LINR_DISTANCES = ('kl', 'mse')

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from camjax.config_schema import base_config
+from camjax.config.schema import base_config
 from camjax.errors import CamjaxError, ConfigError
 from camjax.rundir import RunDir
 
@@ -61,7 +61,10 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
     that contradicts the trained run's saved config is refused."""
     import jax
 
-    from camjax import config_schema, objectives, parallel, preflight, saved_config
+    from camjax import objectives, parallel
+    from camjax.config import preflight
+    from camjax.config import saved as saved_config
+    from camjax.config import schema as config_schema
     from camjax.data import open_splits
     from camjax.data.summary import describe_splits
 
@@ -102,15 +105,15 @@ def _note_ignored(paths: list[str], source: str) -> None:
 def run_mode(config, workdir: str, splits):
     """Dispatch on config.mode; returns what the mode returns."""
     if config.mode == 'train':
-        from camjax.train import train_and_evaluate
+        from camjax.training.train import train_and_evaluate
         return train_and_evaluate(config, workdir, splits)
     if config.mode == 'eval':
-        from camjax.evaluate import evaluate
+        from camjax.evaluation.evaluate import evaluate
         return evaluate(config, workdir, splits)
     if config.mode == 'analyze':
-        from camjax.analyze import analyze
+        from camjax.analysis.analyze import analyze
         return analyze(config, workdir)
-    from camjax import refine
+    from camjax.training import refine
     if config.mode == 'refine':
         return refine.refine(config, workdir, splits)
     return refine.sweep(config, workdir, splits)

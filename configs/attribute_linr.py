@@ -13,9 +13,9 @@ images/, and train.csv / test.csv with header `image,<attribute>,...` and 0/1
 values.
 """
 
-from camjax.config_presets import imagenet_input, linr_refinement
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import imagenet_input, linr_refinement
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 OPTIONS = {'dataset': ('peta', 'pa100k'), 'mode': ('refine', 'train')}
 SMOKE = ('peta,smoke', 'pa100k,train,smoke')

@@ -10,9 +10,9 @@ sweep); sign_split penalizes positive weights with lam_pos and negative ones
 with lam_neg.
 """
 
-from camjax.config_presets import imagenet2012, imagenet_input
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import imagenet2012, imagenet_input
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 OPTIONS = {'data': ('cub', 'imagenet'), 'penalty': ('none', 'l1', 'l2', 'sign_split')}
 SMOKE = ('cub,l1,smoke', 'imagenet,sign_split,smoke')

@@ -10,8 +10,8 @@ The paper's CIFAR lambdas are not restated in our issue; the ImageNet values
 (0.07 mse, 0.0065 kd) are the starting point here, k = 10 of 99 negatives.
 """
 
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 OPTIONS = {'model': ('resnet56', 'resnet110'), 'loss': ('ce', 'hnc_mse', 'hnc_kd')}
 SMOKE = ('resnet110,hnc_mse,smoke', 'resnet56,hnc_kd,smoke')

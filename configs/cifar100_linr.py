@@ -12,9 +12,9 @@ Needs CIFAR-100 prepared as array_record (`tfds build cifar100
 for AlexNet) /10 at epochs 81 and 122, wd 5e-4 (bearpaw/pytorch-classification).
 """
 
-from camjax.config_presets import cifar_step_schedule, linr_refinement
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import cifar_step_schedule, linr_refinement
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 OPTIONS = {'model': ('vgg19', 'alexnet'), 'variant': ('linr', 'linrc'),
            'mode': ('refine', 'train')}

@@ -13,9 +13,9 @@ folder (train/<class>/*.jpg, test/<class>/*.jpg), e.g. ../shared/data's archive
 unpacked to data/cifar10.
 """
 
-from camjax.config_presets import cifar10_folder, cifar_step_schedule, linr_refinement
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import cifar10_folder, cifar_step_schedule, linr_refinement
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 OPTIONS = {'model': ('vgg19_bn', 'densenet121'), 'mode': ('refine', 'train', 'sweep')}
 SMOKE = ('vgg19_bn,smoke', 'densenet121,sweep,smoke')

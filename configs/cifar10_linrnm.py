@@ -8,9 +8,9 @@ rounds of one epoch of classification then one of LinR.
 It refines the baseline that cifar10_linrnl.py trains (same data, same models).
 """
 
-from camjax.config_presets import cifar10_folder, linr_refinement
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import cifar10_folder, linr_refinement
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 OPTIONS = {'model': ('vgg19_bn', 'densenet121')}
 SMOKE = ('smoke',)

@@ -8,9 +8,9 @@ Schedule as in the paper: batch 128, lr 0.1, /10 at 32k and 48k iterations
 (~82 and ~123 epochs of 45k images), 164 epochs, weight decay 1e-4, momentum 0.9.
 """
 
-from camjax.config_presets import cifar10_folder
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import cifar10_folder
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 SMOKE = ('smoke',)
 

@@ -17,9 +17,9 @@ softmax CE's, and the total is WSCE + lambda * HNC (Eq. 9). A WSCE summed over
 classes would be 80x larger and shrink the HNC share by 80x at the same lambda.
 """
 
-from camjax.config_presets import imagenet_input
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import imagenet_input
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 OPTIONS = {'loss': ('wsce', 'hnc_mse', 'hnc_kd')}
 SMOKE = ('hnc_kd,smoke',)

@@ -10,9 +10,9 @@ CUB is TFDS caltech_birds2011 prepared as array_record (its builder needs the
 in our issue: 100 epochs and the ImageNet ResNet-101 lambdas are the start.
 """
 
-from camjax.config_presets import imagenet_input
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import imagenet_input
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 OPTIONS = {'loss': ('ce', 'hnc_mse', 'hnc_kd')}
 SMOKE = ('hnc_mse,smoke',)

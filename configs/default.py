@@ -2,8 +2,8 @@
 localization dataset with cross-entropy. Needs no download; about 3-4 minutes
 on 2 CPU cores (the dataset is generated once into ~/.cache/camjax/tfds)."""
 
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 SMOKE = ('smoke',)
 

@@ -6,9 +6,9 @@ batch 256, weight decay 1e-4.
   --config=configs/imagenet_hnc.py:resnet152,hnc_kd
 """
 
-from camjax.config_presets import imagenet2012
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import imagenet2012
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 OPTIONS = {'model': ('resnet101', 'resnet152'), 'loss': ('ce', 'hnc_mse', 'hnc_kd')}
 # Smoke runs shrink depth, so ResNet-101 and -152 smoke runs would be identical.

@@ -14,9 +14,9 @@ number of devices (its config.json records the batch).
 
 import jax
 
-from camjax.config_presets import imagenet2012, linr_refinement
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import imagenet2012, linr_refinement
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 OPTIONS = {'mode': ('refine', 'train')}
 SMOKE = ('smoke', 'train,smoke')

@@ -2,9 +2,9 @@
 array_record, for a multi-GPU box or a TPU pod: batch 256 (global), lr 0.1 /10
 every 30 epochs, 90 epochs, weight decay 1e-4, bf16 compute."""
 
-from camjax.config_presets import imagenet2012
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.presets import imagenet2012
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 SMOKE = ('smoke',)
 

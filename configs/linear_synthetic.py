@@ -1,8 +1,8 @@
 """Softmax regression (the course-notes baseline) on the synthetic dataset,
 with early stopping on validation accuracy and the best checkpoint kept."""
 
-from camjax.config_schema import base_config
-from camjax.config_variants import choose, smoke
+from camjax.config.schema import base_config
+from camjax.config.variants import choose, smoke
 
 SMOKE = ('smoke',)
 

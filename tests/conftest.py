@@ -20,7 +20,7 @@ def data_dir(tmp_path_factory):
 
 def small_config(**overrides):
     """A config that trains in seconds: 32px synthetic images, a narrow ResNet-8."""
-    from camjax.config_schema import base_config
+    from camjax.config.schema import base_config
     config = base_config()
     config.dataset.image_size = 32
     config.dataset.synthetic.num_train = 480

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from camjax import metrics
-from camjax.evaluate import classification_metrics
+from camjax.evaluation import metrics
+from camjax.evaluation.evaluate import classification_metrics
 
 K = 5
 
@@ -68,7 +68,7 @@ def test_diverged_training_is_not_reported_accurate(tmp_path):
     from conftest import small_config
 
     from camjax.data import open_splits
-    from camjax.train import train_and_evaluate
+    from camjax.training.train import train_and_evaluate
 
     config = small_config(**{'optimizer.learning_rate': 1e8, 'train.num_steps': 4})
     splits = open_splits(config.dataset, process_index=0, process_count=1)

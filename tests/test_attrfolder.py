@@ -9,7 +9,7 @@ from conftest import small_config
 from PIL import Image
 
 from camjax import parallel
-from camjax.config_schema import validate
+from camjax.config.schema import validate
 from camjax.data import TrainBatches, eval_batches, open_splits
 from camjax.errors import CamjaxError, ConfigError
 

@@ -7,9 +7,11 @@ import numpy as np
 import optax
 import pytest
 
-from camjax import losses, metrics, optim
-from camjax.config_schema import base_config
+from camjax import losses
+from camjax.config.schema import base_config
+from camjax.evaluation import metrics
 from camjax.models import build_model
+from camjax.training import optim
 
 
 def _linear_setup(seed=0, batch=6, dim=5, classes=4):

@@ -14,7 +14,7 @@ from conftest import ROOT, small_config
 from PIL import Image
 
 from camjax import parallel
-from camjax.config_schema import validate
+from camjax.config.schema import validate
 from camjax.data import TrainBatches, eval_batches, noisy_labels, open_splits, synthetic
 from camjax.data.boxes import normalized_to_pixels, rescale_boxes
 from camjax.data.transforms import to_rgb

@@ -7,7 +7,7 @@ import ml_collections
 import pytest
 from conftest import ROOT, run_cli, small_config
 
-from camjax.config_schema import base_config, validate
+from camjax.config.schema import base_config, validate
 from camjax.errors import ConfigError
 
 
@@ -118,7 +118,7 @@ def test_cli_reads_loss_terms_written_as_dict_calls(tmp_path):
 
 
 def test_loss_terms_from_text():
-    from camjax.config_schema import parse_loss_terms
+    from camjax.config.schema import parse_loss_terms
     assert parse_loss_terms(("(dict(name='hnc_mse', k=5, weight=0.1),)",)) == (
         {'name': 'hnc_mse', 'k': 5, 'weight': 0.1},)
     assert parse_loss_terms(("dict(name='cross_entropy')",)) == ({'name': 'cross_entropy'},)
@@ -129,7 +129,7 @@ def test_loss_terms_from_text():
 
 
 def test_selection_metric_names_and_direction():
-    from camjax.config_schema import selection_direction
+    from camjax.config.schema import selection_direction
     config = base_config()
     config.train.selection_metric = 'loss/cross_entropy'
     validate(config, num_devices=1)

@@ -123,10 +123,10 @@ class _Images(HTMLParser):
 def test_analyze_compares_a_linr_refinement_with_its_baseline(tmp_path):
     from conftest import small_config
 
-    from camjax.analyze import analyze
+    from camjax.analysis.analyze import analyze
     from camjax.data import open_splits
-    from camjax.refine import refine
-    from camjax.train import train_and_evaluate
+    from camjax.training.refine import refine
+    from camjax.training.train import train_and_evaluate
     base, refined, out = (str(tmp_path / n) for n in ('base', 'refined', 'compare'))
     config = small_config(**{'train.num_steps': 12})
     splits = open_splits(config.dataset)
@@ -178,8 +178,8 @@ def test_eval_of_a_multilabel_run_reports_coco_and_attribute_metrics(tmp_path):
     from conftest import small_config
 
     from camjax.data import open_splits
-    from camjax.evaluate import evaluate_run
-    from camjax.train import train_and_evaluate
+    from camjax.evaluation.evaluate import evaluate_run
+    from camjax.training.train import train_and_evaluate
     config = small_config(**{'dataset.label_key': 'attributes', 'train.num_steps': 2,
                              'loss': (dict(name='weighted_sigmoid_ce'),)})
     splits = open_splits(config.dataset)

@@ -6,7 +6,7 @@ from conftest import small_config
 
 from camjax.data import open_splits
 from camjax.rundir import read_records
-from camjax.train import train_and_evaluate
+from camjax.training.train import train_and_evaluate
 
 
 def _final_test_peakiness(config, workdir):

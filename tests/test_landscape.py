@@ -9,7 +9,7 @@ import optax
 import pytest
 from conftest import run_on_cpu_devices
 
-from camjax import landscape as ls
+from camjax.evaluation import landscape as ls
 from camjax.models import build_model, init_variables
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
@@ -217,7 +217,8 @@ def test_plots_are_png(trained_linear):
 
 SHARDED_SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
-from camjax import landscape as ls, parallel
+from camjax import parallel
+from camjax.evaluation import landscape as ls
 from camjax.models import build_model, init_variables
 
 assert jax.device_count() == 4

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from camjax import losses
-from camjax.config_schema import base_config
+from camjax.config.schema import base_config
 from camjax.models import build_model, init_variables
-from camjax.refine import linr_loss
+from camjax.training.refine import linr_loss
 
 
 def _probs(rng, shape, sharp=1.0):

@@ -1,10 +1,10 @@
-"""camjax.localization: IoU, component boxes, MaxBoxAcc / V2 and fixed-threshold
+"""camjax.evaluation.localization: IoU, component boxes, MaxBoxAcc / V2 and fixed-threshold
 loc, checked by hand and against a scipy.ndimage reference loop."""
 
 import numpy as np
 import pytest
 
-from camjax import localization as loc
+from camjax.evaluation import localization as loc
 
 ndimage = pytest.importorskip('scipy.ndimage')
 STRUCTURE = np.ones((3, 3), bool)  # 8-connectivity

@@ -167,8 +167,8 @@ def test_train_mode_updates_batch_stats(name):
 
 @pytest.mark.parametrize('name', LINR_MODELS)
 def test_smoke_config_makes_the_model_tiny(name):
-    from camjax.config_schema import base_config
-    from camjax.config_variants import smoke
+    from camjax.config.schema import base_config
+    from camjax.config.variants import smoke
     config = base_config()
     config.model = dict(name=name)
     config = smoke(config)

@@ -16,7 +16,7 @@ from camjax import objectives
 from camjax.data import open_splits
 from camjax.errors import ConfigError
 from camjax.rundir import read_records
-from camjax.train import train_and_evaluate
+from camjax.training.train import train_and_evaluate
 
 NAMES = ('person', 'dog', 'car', 'boat')
 

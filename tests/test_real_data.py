@@ -12,7 +12,7 @@ from conftest import ROOT, small_config
 from camjax import parallel
 from camjax.data import TrainBatches, open_splits
 from camjax.rundir import read_records
-from camjax.train import train_and_evaluate
+from camjax.training.train import train_and_evaluate
 
 ARCHIVE = os.path.join(ROOT, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')
 CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',

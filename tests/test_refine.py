@@ -14,9 +14,9 @@ from conftest import run_cli, small_config
 
 from camjax.analysis.sweep import sweet_point
 from camjax.data import open_splits
-from camjax.refine import refine, sweep
 from camjax.rundir import read_records
-from camjax.train import train_and_evaluate
+from camjax.training.refine import refine, sweep
+from camjax.training.train import train_and_evaluate
 
 
 @pytest.fixture(scope='module')

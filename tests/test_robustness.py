@@ -10,7 +10,8 @@ import optax
 import pytest
 from conftest import run_on_cpu_devices
 
-from camjax import parallel, robustness
+from camjax import parallel
+from camjax.evaluation import robustness
 from camjax.models import build_model, init_variables
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
@@ -185,7 +186,8 @@ def test_rejects_bad_inputs(resnet):
 
 SHARDED_SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
-from camjax import parallel, robustness
+from camjax import parallel
+from camjax.evaluation import robustness
 from camjax.models import build_model, init_variables
 
 assert jax.device_count() == 4

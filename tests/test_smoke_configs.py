@@ -10,15 +10,15 @@ import pytest
 from conftest import ROOT, run_cli
 
 from camjax.checkpoint import Checkpointer
-from camjax.config_schema import validate
-from camjax.config_variants import choose
+from camjax.config.schema import validate
+from camjax.config.variants import choose
 from camjax.data import open_splits
 from camjax.errors import ConfigError
 from camjax.main import run_mode
 from camjax.objectives import validate_terms
 from camjax.parallel import make_mesh
 from camjax.rundir import RunDir, read_records
-from camjax.state import init_state, model_from_config
+from camjax.training.state import init_state, model_from_config
 
 
 def _load(path):

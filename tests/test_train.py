@@ -11,14 +11,14 @@ from conftest import run_on_cpu_devices, small_config
 from camjax.checkpoint import restore_model_variables
 from camjax.data import open_splits
 from camjax.rundir import read_records
-from camjax.train import train_and_evaluate
+from camjax.training.train import train_and_evaluate
 
 DATA_PARALLEL_SCRIPT = r'''
 import jax, numpy as np, optax
 from camjax import objectives, parallel
 from camjax.models import build_model
-from camjax.state import init_state
-from camjax.train import make_train_step
+from camjax.training.state import init_state
+from camjax.training.train import make_train_step
 
 model = build_model('resnet8', num_classes=12, width=8)  # BatchNorm: global batch stats
 objective = objectives.build_objective((dict(name='cross_entropy'),))
@@ -167,7 +167,7 @@ def test_fine_tune_from_another_run(tmp_path):
 
     from camjax import parallel
     from camjax.models import build_model
-    from camjax.state import init_state, load_pretrained
+    from camjax.training.state import init_state, load_pretrained
     fewer = init_state(build_model('resnet8', num_classes=5, width=8), optax.sgd(0.1).init,
                        seed=3, image_size=32, mesh=parallel.make_mesh())
     loaded = load_pretrained(fewer, str(tmp_path / 'source'), None)

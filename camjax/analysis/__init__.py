@@ -12,4 +12,5 @@ so that importing one analysis never pulls in another's dependencies.
               histograms across runs.
   cam_grid    Fig. 1-style grids of positive and top negative CAMs with boxes.
   sweep       the LinR sweet-point sweep's table, figures and sweet point.
+  analyze     mode=analyze: all of the above over several runs, report.html.
 """

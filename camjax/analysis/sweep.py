@@ -1,6 +1,6 @@
 """The LinR sweet-point sweep's table, figures and sweet point (LinR paper,
 Sec. 4.8, Figs. 4 and 5). Pure functions over the per-round eval records of
-`camjax.refine.sweep`, plus `write`, which puts them in the workdir.
+`camjax.training.refine.sweep`, plus `write`, which puts them in the workdir.
 
 A row is one refined starting checkpoint:
   {'step', 'epoch', 'baseline': {'train', 'val', 'test'},

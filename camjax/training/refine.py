@@ -16,13 +16,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from camjax import losses, optim, parallel, preflight
+from camjax import losses, parallel
+from camjax.config import preflight
 from camjax.data import normalize_images
-from camjax.loop import LoopState, Plan, RunParts, Window, due
 from camjax.rundir import RunDir, read_records
-from camjax.runlog import Throughput
-from camjax.state import TrainState, forward, init_state
-from camjax.train import jit_step, train_step_fn
+from camjax.training import optim
+from camjax.training.loop import LoopState, Plan, RunParts, Window, due
+from camjax.training.runlog import Throughput
+from camjax.training.state import TrainState, forward, init_state
+from camjax.training.train import jit_step, train_step_fn
 
 PHASES = ('cls', 'linr')
 

@@ -4,7 +4,7 @@ every loop builds from its config (mesh, model, objective, data, evaluation,
 checkpoints, run directory) with the small operations on them: evaluate,
 select the best checkpoint, log a window, resume, save.
 
-`camjax.train.train_and_evaluate` and `camjax.refine.refine` are flat loops
+`camjax.training.train.train_and_evaluate` and `camjax.training.refine.refine` are flat loops
 over these; neither inherits from the other.
 """
 
@@ -17,12 +17,12 @@ import numpy as np
 
 from camjax import objectives, parallel
 from camjax.checkpoint import Checkpointer
-from camjax.config_schema import selection_direction
+from camjax.config.schema import selection_direction
 from camjax.data import Splits, TrainBatches, eval_batches
-from camjax.eval_step import evaluate, make_eval_step
 from camjax.rundir import LABEL_NOISE, LABEL_STATS, RunDir
-from camjax.runlog import RunLog, Throughput, format_duration
-from camjax.state import load_pretrained, model_from_config
+from camjax.training.eval_step import evaluate, make_eval_step
+from camjax.training.runlog import RunLog, Throughput, format_duration
+from camjax.training.state import load_pretrained, model_from_config
 
 
 def due(step: int, every: int) -> bool:

@@ -1,5 +1,5 @@
 """Training: the data-parallel train and eval steps, and the training loop
-(its shared pieces are in camjax.loop, the model state in camjax.state).
+(its shared pieces are in camjax.training.loop, the model state in camjax.training.state).
 
 Read top to bottom: steps -> loop. Steps are `jax.jit` over the
 ('data',) mesh with the state replicated and the batch sharded; XLA inserts
@@ -11,12 +11,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from camjax import metrics as metrics_lib
-from camjax import objectives, optim, parallel
+from camjax import objectives, parallel
 from camjax.data import Splits, normalize_images
-from camjax.loop import LoopState, RunParts, Window, due
-from camjax.runlog import Throughput
-from camjax.state import TrainState, forward, init_state
+from camjax.evaluation import metrics as metrics_lib
+from camjax.training import optim
+from camjax.training.loop import LoopState, RunParts, Window, due
+from camjax.training.runlog import Throughput
+from camjax.training.state import TrainState, forward, init_state
 
 
 # =============================================================================

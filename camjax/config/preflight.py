@@ -9,7 +9,7 @@ import os
 
 from camjax.checkpoint import saved_steps
 from camjax.errors import CamjaxError, ConfigError
-from camjax.state import check_pretrained, model_from_config
+from camjax.training.state import check_pretrained, model_from_config
 
 
 def check_paths(config) -> None:

@@ -35,7 +35,7 @@ from jax.tree_util import Partial
 from camjax import losses, parallel
 from camjax.analysis.figures import figure_png
 from camjax.data import normalize_images
-from camjax.state import forward
+from camjax.training.state import forward
 
 
 # =============================================================================

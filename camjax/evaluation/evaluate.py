@@ -14,16 +14,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from camjax import localization, parallel
-from camjax import metrics as metrics_lib
+from camjax import parallel
 from camjax.analysis import multilabel as multilabel_metrics
 from camjax.analysis import weights as weight_analysis
 from camjax.checkpoint import BEST_DIR, saved_steps
 from camjax.data import eval_batches, normalize_images, open_splits
 from camjax.errors import CamjaxError
+from camjax.evaluation import localization
+from camjax.evaluation import metrics as metrics_lib
 from camjax.models import CLASSIFIER
 from camjax.rundir import EVAL_DIR, RunDir
-from camjax.state import forward, init_state, load_pretrained, model_from_config
+from camjax.training.state import forward, init_state, load_pretrained, model_from_config
 
 
 # =============================================================================
@@ -178,7 +179,7 @@ def evaluate_run(workdir: str, evaluation, *, splits=None, mesh=None,
     `workdir/eval/`. Also returns the host outputs under '_outputs', the
     restored (model, state) under '_model' and the run's config under
     '_config' for `analyze`."""
-    from camjax import robustness
+    from camjax.evaluation import robustness
 
     config = run_config(workdir)
     config.evaluation = evaluation

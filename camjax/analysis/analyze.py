@@ -13,8 +13,7 @@ import os
 import jax
 import numpy as np
 
-from camjax import landscape, localization, parallel
-from camjax import metrics as metrics_lib
+from camjax import parallel
 from camjax.analysis import cam_grid, per_class
 from camjax.analysis import weights as weight_analysis
 from camjax.analysis.curves import curves_png
@@ -22,7 +21,9 @@ from camjax.analysis.report import Report
 from camjax.data import eval_batches, normalize_images, open_splits
 from camjax.data.transforms import to_rgb
 from camjax.errors import CamjaxError
-from camjax.evaluate import (
+from camjax.evaluation import landscape, localization
+from camjax.evaluation import metrics as metrics_lib
+from camjax.evaluation.evaluate import (
     evaluate_run,
     evaluated_checkpoint,
     restore_model,
@@ -31,7 +32,7 @@ from camjax.evaluate import (
 )
 from camjax.models import CLASSIFIER
 from camjax.rundir import RunDir, config_to_dict, read_records
-from camjax.state import forward
+from camjax.training.state import forward
 
 CACHE_DIR = 'cache'
 

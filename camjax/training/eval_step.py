@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax import metrics as metrics_lib
 from camjax import objectives, parallel
 from camjax.data import normalize_images
-from camjax.state import forward
+from camjax.evaluation import metrics as metrics_lib
+from camjax.training.state import forward
 
 
 def make_eval_step(model, objective, *, num_classes: int, mean, std, mesh,

@@ -1,0 +1,2 @@
+"""Evaluation: the accuracy definition, mode=eval, CAM localization, FGSM
+robustness and loss landscapes."""
