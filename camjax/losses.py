@@ -75,21 +75,29 @@ def top_negative_classes(*, logits, positives, k: int):
     return classes.astype(jnp.int32), valid
 
 
-def class_activation_maps(*, features, kernel, bias, classes):
-    """CAMs M_o = features @ W[:, o] + b[o] for the selected classes only.
+def class_activation_maps(*, features, kernel, classes, bias=None, positive_only=False):
+    """CAMs M_o = features @ W[:, o] (+ b[o]) for the selected classes only:
+    the one CAM function of camjax (losses, evaluation, CAM grids).
 
     Args:
       features: (B, H, W, C) last feature maps.
       kernel: (C, K) CAM classifier weights W.
-      bias: (K,) classifier bias (the released HNC code adds it to every map).
       classes: (B, k) int class indices per example.
+      bias: (K,) classifier bias, added when given (the released HNC code adds
+        it to every map; localization uses CAMs without it).
+      positive_only: CAMs from max(W, 0), negative weights clamped:
+        "localization from positive weights only" (the seed paper's switch).
+        Classification is unaffected; only these maps change.
     Returns:
       (B, k, H, W). The columns of W are gathered first, so only k maps per
-      example are computed (never all K). mean_hw(M_o) is exactly logit o.
+      example are computed (never all K). With the bias, mean_hw(M_o) is
+      exactly logit o.
     """
+    if positive_only:
+        kernel = jnp.maximum(kernel, 0.0)
     weights = jnp.take(kernel, classes, axis=1)                 # (C, B, k)
     cams = jnp.einsum('bhwc,cbk->bkhw', features.astype(kernel.dtype), weights)
-    return cams + jnp.take(bias, classes)[:, :, None, None]
+    return cams if bias is None else cams + jnp.take(bias, classes)[:, :, None, None]
 
 
 def _valid_or_all(cams, valid):

@@ -222,3 +222,24 @@ def test_k_must_leave_the_ground_truth_out():
     with pytest.raises(ConfigError, match="form='l3'"):
         objectives.validate_terms((dict(name='cross_entropy'),
                                    dict(name='classifier_penalty', form='l3')))
+
+
+def test_positive_weights_only_cams_clamp_negative_weights():
+    """The one CAM function's positive-weights-only switch: M from max(W, 0),
+    the bias off, and the input kernel untouched."""
+    features = _random((2, 3, 3, C), seed=21)
+    kernel, bias = _random((C, K), seed=22), _random((K,), seed=23)
+    classes = jnp.array([[1, 3], [0, 4]])
+    got = losses.class_activation_maps(features=features, kernel=kernel, classes=classes,
+                                       positive_only=True)
+    positive = np.maximum(np.asarray(kernel), 0)
+    for b in range(2):
+        for j in range(2):
+            np.testing.assert_allclose(got[b, j], np.asarray(features[b]) @
+                                       positive[:, int(classes[b, j])], rtol=1e-5, atol=1e-6)
+    assert np.any(np.asarray(kernel) < 0)
+    with_bias = losses.class_activation_maps(features=features, kernel=kernel, classes=classes,
+                                             bias=bias)
+    np.testing.assert_allclose(jnp.mean(with_bias, axis=(2, 3)),
+                               jnp.take_along_axis(jnp.mean(features, (1, 2)) @ kernel + bias,
+                                                   classes, axis=1), rtol=1e-5, atol=1e-6)

@@ -11,7 +11,6 @@ from PIL import Image
 
 from camjax.analysis.weights import (
     accuracy_vs_sparsity_png,
-    clamp_negative,
     histogram_bins,
     weight_histogram_png,
     weight_stats,
@@ -57,23 +56,6 @@ def test_weight_stats_eps_and_edge_cases():
         weight_stats(np.ones(3))
     with pytest.raises(ValueError, match='eps'):
         weight_stats(KERNEL, eps=0.0)
-
-
-def test_clamp_negative():
-    clamped = clamp_negative(KERNEL)
-    expected = np.where(KERNEL < 0, 0.0, KERNEL)
-    np.testing.assert_array_equal(clamped, expected)
-    assert clamped.shape == KERNEL.shape and clamped.dtype == KERNEL.dtype
-    assert np.all(KERNEL[0] == [1.0, -2.0, 0.0, 5e-4])  # input untouched
-    stats = weight_stats(clamped)
-    assert stats['num_negative'] == 0 and stats['negative_mass_share'] == 0.0
-    # A jax array stays a jax array (usable inside jitted eval code).
-    clamped_jax = clamp_negative(jnp.asarray(KERNEL, jnp.float32))
-    assert isinstance(clamped_jax, type(jnp.zeros(1)))
-    np.testing.assert_allclose(np.asarray(clamped_jax), expected, rtol=1e-6)
-    # CAMs from the clamped kernel equal the positive part's contribution only.
-    features = np.random.default_rng(0).random((2, 2, 3))
-    np.testing.assert_allclose(features @ clamped[:, 1], features @ np.array([0.0, 3.0, 1.5]))
 
 
 def test_histogram_bins_are_shared():

@@ -124,10 +124,9 @@ def _cam_panels(runs, count: int, seed: int, theta: float) -> dict:
         boxes = np.asarray(localization.largest_component_box(
             masks=maps >= theta * maps.max(axis=(1, 2), keepdims=True)))
         kernel = np.asarray(state.params[CLASSIFIER]['kernel'])
-        if cfg.evaluation.positive_weights_only:
-            kernel = weight_analysis.clamp_negative(kernel)
         panels[name] = [cam_grid.make_panel(
             image=images[j], features=np.asarray(features[j]), kernel=kernel,
+            positive_only=cfg.evaluation.positive_weights_only,
             probs=outputs['scores'][i], class_names=splits.class_names,
             label=int(outputs['label'][i]),
             gt_boxes=outputs['bbox'][i] if 'bbox' in outputs else None,

@@ -11,7 +11,7 @@ compared across runs along a row.
 
 The CAM of class k is features @ W[:, k] (+ b[k]) with features (h, w, C) and
 W (C, K); `make_panel` computes them on host from a model's outputs, and
-`weights.clamp_negative` gives the positive-weights-only variant.
+`positive_only` gives the positive-weights-only variant (losses.class_activation_maps).
 
 Boxes follow camjax.data.boxes: rows (x0, y0, x1, y1), x = column, inclusive
 pixel indices of the image as shown, rows of -1 for padding.
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from camjax.analysis.figures import figure_png
-from camjax.analysis.weights import clamp_negative
+from camjax.losses import class_activation_maps
 
 GT_COLOUR, PRED_COLOUR = '#00c000', '#ff0000'
 NORMALIZATIONS = ('row', 'panel')
@@ -180,7 +180,7 @@ def make_panel(*, image, features, kernel, probs, class_names: Sequence[str], bi
       label: positive class; default the predicted class argmax(probs).
       gt_boxes, pred_box: as in CamPanelData.
       num_negatives: negative CAMs, the most probable other classes.
-      positive_only: build every CAM from clamp_negative(W), i.e.
+      positive_only: build every CAM from max(W, 0), i.e.
         "localization from positive weights only".
       image_caption: as in CamPanelData.
     """
@@ -189,16 +189,15 @@ def make_panel(*, image, features, kernel, probs, class_names: Sequence[str], bi
     if features.ndim != 3 or kernel.ndim != 2 or features.shape[-1] != kernel.shape[0]:
         raise ValueError(f'features (h, w, C) {features.shape} and kernel (C, K) '
                          f'{kernel.shape} do not match')
-    if positive_only:
-        kernel = clamp_negative(kernel)
     probs = np.asarray(probs, np.float64)
     label = int(np.argmax(probs)) if label is None else int(label)
     negatives, negative_captions = top_negative_captions(probs, label, class_names,
                                                          k=num_negatives)
     classes = np.concatenate([[label], negatives]).astype(np.int64)
-    cams = np.einsum('hwc,ck->khw', features, kernel[:, classes])
-    if bias is not None:
-        cams = cams + np.asarray(bias, np.float32)[classes][:, None, None]
+    cams = np.asarray(class_activation_maps(
+        features=features[None], kernel=kernel, classes=classes[None],
+        bias=None if bias is None else np.asarray(bias, np.float32),
+        positive_only=positive_only))[0]
     return CamPanelData(
         image=np.asarray(image), positive_cam=cams[0],
         positive_caption=caption(class_names[label], probs[label]),

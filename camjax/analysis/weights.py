@@ -79,26 +79,6 @@ def weight_stats(kernel, *, eps: float = 1e-3, per_class: bool = False) -> dict:
     return stats
 
 
-def clamp_negative(kernel):
-    """W with its negative weights set to 0: the switch for "localization from
-    positive weights only".
-
-    Callers compute CAMs with the clamped kernel (features @ clamp_negative(W)
-    [:, k]) to see how much of a class's localization comes from evidence
-    *for* the class rather than the suppression of evidence for others.
-    Classification is unaffected: only the CAMs the caller builds change.
-
-    Args:
-      kernel: (C, K) weights. A jax array stays a jax array (so the switch
-        can be used inside jitted eval code); anything else becomes numpy.
-    Returns:
-      max(W, 0), same shape and dtype.
-    """
-    if not isinstance(kernel, np.ndarray) and hasattr(kernel, 'clip'):
-        return kernel.clip(0, None)
-    return np.clip(np.asarray(kernel), 0, None)
-
-
 # =============================================================================
 # Plots
 # =============================================================================

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from camjax import parallel
+from camjax import losses, parallel
 from camjax.analysis import multilabel as multilabel_metrics
 from camjax.analysis import weights as weight_analysis
 from camjax.checkpoint import BEST_DIR, saved_steps
@@ -70,11 +70,9 @@ def make_output_step(model, *, mean, std, mesh, positive_weights_only: bool):
         logits = logits.astype(jnp.float32)
         if batch['label'].ndim == 2:
             return {'scores': jax.nn.sigmoid(logits)}
-        kernel = state.params[CLASSIFIER]['kernel']
-        if positive_weights_only:
-            kernel = jnp.maximum(kernel, 0.0)
-        columns = jnp.take(kernel, batch['label'], axis=1)            # (C, B)
-        cam = jnp.einsum('bhwc,cb->bhw', features.astype(jnp.float32), columns)
+        cam = losses.class_activation_maps(
+            features=features.astype(jnp.float32), kernel=state.params[CLASSIFIER]['kernel'],
+            classes=batch['label'][:, None], positive_only=positive_weights_only)[:, 0]
         return {'logits': logits, 'scores': jax.nn.softmax(logits), 'cam': cam}
 
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -147,11 +145,9 @@ def localization_metrics(*, cams, gt_boxes, correct, image_size: int, theta: flo
         ious['fixed'].append(localization.fixed_threshold_loc(
             cams=maps, gt_boxes=boxes, pred_correct=correct[start:start + chunk],
             theta=theta)['iou'])
-        ious['v1'].append(localization.threshold_ious(cams=maps, gt_boxes=boxes,
-                                                      thresholds=thresholds))
-        ious['v2'].append(localization.threshold_ious(cams=maps, gt_boxes=boxes,
-                                                      thresholds=thresholds,
-                                                      multi_contour=True))
+        swept = localization.sweep_ious(cams=maps, gt_boxes=boxes, thresholds=thresholds)
+        ious['v1'].append(swept['largest'])  # one component-tree pass gives V1 and V2
+        ious['v2'].append(swept['any'])
     fixed = np.concatenate(ious['fixed']) >= 0.5
     v1 = localization.box_accuracy(ious=np.concatenate(ious['v1']), thresholds=thresholds)
     v2 = localization.box_accuracy(ious=np.concatenate(ious['v2']), thresholds=thresholds,
