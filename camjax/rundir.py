@@ -127,6 +127,21 @@ class RunDir:
         if len(kept) != len(records):
             self._write_atomic(METRICS, ''.join(json.dumps(r) + '\n' for r in kept))
 
+    # -- label_stats.json ------------------------------------------------------
+    def positive_rate(self, splits):
+        """Multi-label runs: the training split's positive rates (K,) float32,
+        computed once and kept in label_stats.json, so a resumed run and its
+        evaluations use the same. None for single-label data."""
+        if not splits.multilabel:
+            return None
+        if self.exists(LABEL_STATS):
+            rate = self.read_json(LABEL_STATS)['positive_rate']
+        else:
+            rate = [float(r) for r in splits.positive_rate]
+            self.write_json(LABEL_STATS, {'positive_rate': rate,
+                                          'class_names': list(splits.class_names)})
+        return np.asarray(rate, np.float32)
+
     # -- other files -----------------------------------------------------------
     def write_json(self, name: str, payload, **kwargs) -> None:
         if self.is_writer:

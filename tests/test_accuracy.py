@@ -1,6 +1,7 @@
 """The one accuracy definition (metrics.topk_correct): argmax with ties to the
 lowest index, and never correct for a non-finite logit; used alike by the
-training loop's evaluation, mode=eval and analyze."""
+training loop's evaluation, mode=eval and analyze (one evaluator,
+evaluation/classification.py)."""
 
 import math
 
@@ -9,9 +10,15 @@ import numpy as np
 import pytest
 
 from camjax.evaluation import metrics
-from camjax.evaluation.evaluate import classification_metrics
 
 K = 5
+
+
+def classification_metrics(*, labels, logits, num_classes):
+    """What every evaluation reports: the summary of the summed metrics."""
+    return metrics.summarize(metrics.classification_sums(
+        logits=jnp.asarray(logits), labels=jnp.asarray(labels),
+        weights=jnp.ones(len(labels)), num_classes=num_classes))
 
 
 @pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])

@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from camjax import losses, parallel
+from camjax import losses, objectives, parallel
 from camjax.analysis import multilabel as multilabel_metrics
 from camjax.analysis import weights as weight_analysis
 from camjax.checkpoint import BEST_DIR, saved_steps
 from camjax.data import eval_batches, normalize_images, open_splits
 from camjax.errors import CamjaxError
-from camjax.evaluation import localization
+from camjax.evaluation import classification, localization
 from camjax.evaluation import metrics as metrics_lib
 from camjax.models import CLASSIFIER
 from camjax.rundir import EVAL_DIR, RunDir
@@ -102,20 +102,6 @@ def collect_outputs(step, state, batches) -> dict:
 # =============================================================================
 # Metrics
 # =============================================================================
-def classification_metrics(*, labels, logits, num_classes: int) -> dict:
-    """Top-1 / top-5 and per-class accuracy by `metrics.topk_correct`, the
-    same definition the training loop's evaluation uses."""
-    correct = np.asarray(metrics_lib.topk_correct(logits=logits, labels=labels, k=1), np.float64)
-    top5 = np.asarray(metrics_lib.topk_correct(logits=logits, labels=labels, k=5), np.float64)
-    counts = np.bincount(labels, minlength=num_classes)
-    hits = np.bincount(labels, weights=correct, minlength=num_classes)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        per_class = hits / counts
-    return {'count': int(labels.size), 'accuracy': float(np.mean(correct)),
-            'top5_accuracy': float(np.mean(top5)),
-            'per_class_accuracy': [None if np.isnan(a) else float(a) for a in per_class]}
-
-
 def centred_box_baseline(gt_boxes, size: int, *, iou_threshold: float = 0.5) -> dict:
     """Localization of a box centred in the image with the mean ground-truth
     box size: the score of knowing the typical box but nothing about the image.
@@ -196,6 +182,12 @@ def evaluate_run(workdir: str, evaluation, *, splits=None, mesh=None,
                             sharding=parallel.batch_sharded(mesh))
 
     norm = {'mean': tuple(d.mean), 'std': tuple(d.std), 'mesh': mesh}
+    # The training loop's own evaluator: accuracy, loss terms, per-class
+    # accuracy and negative-CAM peakiness, exactly as its eval records have them.
+    summary = classification.evaluate(classification.make_eval_step(
+        model, objectives.build_objective(config.loss), num_classes=splits.num_classes,
+        negative_cam_k=config.train.eval_negative_cam_k,
+        pos_rate=RunDir(workdir).positive_rate(splits), **norm), state, batches())
     step = make_output_step(model, positive_weights_only=e.positive_weights_only, **norm)
     outputs = collect_outputs(step, state, batches())
     kernel = np.asarray(jax.device_get(state.params[CLASSIFIER]['kernel']), np.float32)
@@ -207,11 +199,11 @@ def evaluate_run(workdir: str, evaluation, *, splits=None, mesh=None,
         results['multilabel'] = {
             'coco': multilabel_metrics.coco_metrics(scores=outputs['scores'], labels=labels),
             'attributes': multilabel_metrics.pedestrian_attribute_metrics(
-                scores=outputs['scores'], labels=labels)}
+                scores=outputs['scores'], labels=labels),
+            'label_accuracy': summary['accuracy'], 'loss': summary['loss']}
     else:
         labels = outputs['label'].astype(np.int64)
-        results['classification'] = classification_metrics(
-            labels=labels, logits=outputs['logits'], num_classes=splits.num_classes)
+        results['classification'] = summary
         correct = metrics_lib.predicted_class(outputs['logits']) == labels
         if 'bbox' in outputs:
             results['localization'] = localization_metrics(

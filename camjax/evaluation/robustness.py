@@ -143,7 +143,7 @@ def make_fgsm_eval_step(model, *, eps_values: Sequence[float], mean, std, mesh,
 
     The state (a TrainState or a {'params', 'batch_stats'} dict) is
     replicated and the eval batch (see `camjax.data.eval_batches`) sharded on
-    its batch axis, as in `camjax.training.train.make_eval_step`. `sums` is
+    its batch axis, as in `camjax.evaluation.classification.make_eval_step`. `sums` is
     `fgsm_sums(...)`: summed over batches, correct / count is the accuracy.
     Single-label data only. `num_classes` is only checked against the model.
     """

@@ -19,8 +19,8 @@ from camjax import objectives, parallel
 from camjax.checkpoint import Checkpointer
 from camjax.config.schema import selection_direction
 from camjax.data import Splits, TrainBatches, eval_batches
-from camjax.rundir import LABEL_NOISE, LABEL_STATS, RunDir
-from camjax.training.eval_step import evaluate, make_eval_step
+from camjax.evaluation.classification import evaluate, make_eval_step
+from camjax.rundir import LABEL_NOISE, RunDir
 from camjax.training.runlog import RunLog, Throughput, format_duration
 from camjax.training.state import load_pretrained, model_from_config
 
@@ -136,7 +136,8 @@ class RunParts:
             self.rundir.write_arrays(LABEL_NOISE, overwrite=False, **splits.train_label_noise)
         self.step_kwargs = {'mean': tuple(self.cfg_d.mean), 'std': tuple(self.cfg_d.std),
                             'mesh': self.mesh}
-        self.pos_rate = self._positive_rate()
+        rate = self.rundir.positive_rate(splits)
+        self.pos_rate = None if rate is None else jnp.asarray(rate)
         self.eval_step = make_eval_step(self.model, self.objective,
                                         num_classes=splits.num_classes,
                                         negative_cam_k=self.cfg_t.eval_negative_cam_k,
@@ -148,18 +149,6 @@ class RunParts:
                                     global_batch=self.cfg_t.batch_size, seed=config.seed,
                                     sharding=parallel.batch_sharded(self.mesh))
         self.ckpt = Checkpointer(workdir, keep=self.cfg_t.keep_checkpoints)
-
-    def _positive_rate(self):
-        """Multi-label runs compute the training split's positive rates once
-        and keep them in label_stats.json, so a resumed run uses the same."""
-        if not self.splits.multilabel:
-            return None
-        if self.rundir.exists(LABEL_STATS):
-            return jnp.asarray(self.rundir.read_json(LABEL_STATS)['positive_rate'], jnp.float32)
-        rate = [float(r) for r in self.splits.positive_rate]
-        self.rundir.write_json(LABEL_STATS, {'positive_rate': rate,
-                                             'class_names': list(self.splits.class_names)})
-        return jnp.asarray(rate, jnp.float32)
 
     # -- evaluation and selection ---------------------------------------------
     def evaluate_split(self, state, split: str) -> dict:
