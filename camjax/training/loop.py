@@ -231,7 +231,7 @@ class RunParts:
                 state = load_pretrained(state, self.cfg_t.init_from, step,
                                         new_classifier_ok=new_classifier_ok)
                 self.log.print(f'initialized from {self.cfg_t.init_from}')
-            self.rundir.rewind(0)
+            self.rundir.rewind(-1)  # a fresh start replays everything
             return state, fresh
         state, meta, data_state = restored
         loop = LoopState.from_json(meta)
