@@ -43,6 +43,14 @@ def small_config(**overrides):
     return config
 
 
+def comparable_records(workdir):
+    """metrics.jsonl without timings (images/s) and 'resume' markers: what a
+    killed and resumed run must reproduce exactly."""
+    from camjax.rundir import read_records
+    return [{k: v for k, v in r.items() if k != 'images_per_s'}
+            for r in read_records(str(workdir)) if r['kind'] != 'resume']
+
+
 def run_cli(*args, env=None, timeout=600):
     """Run `python -m camjax.main ARGS` from the repo root; returns CompletedProcess."""
     full_env = {**os.environ, **(env or {})}

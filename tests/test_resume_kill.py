@@ -10,11 +10,10 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, comparable_records, run_cli
 
 from camjax.checkpoint import restore_model_variables
 from camjax.errors import CamjaxError
-from camjax.rundir import read_records
 
 ARGS = ['--config=configs/default.py', '--config.dataset.image_size=32',
         '--config.dataset.synthetic.num_train=480', '--config.dataset.synthetic.num_test=96',
@@ -49,12 +48,8 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path):
     a, b = restore_model_variables(straight), restore_model_variables(killed)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
-    losses = {}
-    for r in read_records(straight):
-        if r['kind'] == 'train':
-            losses[r['step']] = r['loss']
-    replayed = [r for r in read_records(killed) if r['kind'] == 'train']
-    assert all(r['loss'] == losses[r['step']] for r in replayed)
+    # metrics.jsonl equals the uninterrupted run's in every number but images/s.
+    assert comparable_records(killed) == comparable_records(straight)
 
 
 def test_restore_model_variables_errors(tmp_path):

@@ -6,7 +6,7 @@ import os
 
 import jax
 import numpy as np
-from conftest import run_on_cpu_devices, small_config
+from conftest import comparable_records, run_on_cpu_devices, small_config
 
 from camjax.checkpoint import restore_model_variables
 from camjax.data import open_splits
@@ -63,16 +63,6 @@ def _tree_equal(a, b):
 
 def _train_records(workdir):
     return [(r['step'], r['loss']) for r in read_records(workdir) if r['kind'] == 'train']
-
-
-TIMINGS = ('images_per_s',)
-
-
-def comparable_records(workdir):
-    """metrics.jsonl without timings and 'resume' markers: what a killed and
-    resumed run must reproduce exactly."""
-    return [{k: v for k, v in r.items() if k not in TIMINGS}
-            for r in read_records(workdir) if r['kind'] != 'resume']
 
 
 def test_resume_is_bit_identical(tmp_path):
