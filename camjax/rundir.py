@@ -111,20 +111,32 @@ class RunDir:
                 f.write(json.dumps(record) + '\n')
 
     def records(self) -> list[dict]:
+        """The records of metrics.jsonl. A last line without its newline is
+        a write that a kill cut short, and is not a record."""
         if not self.exists(METRICS):
             return []
         with open(self.file(METRICS)) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            text = f.read()
+        lines = text.split('\n')
+        if not text.endswith('\n'):
+            lines = lines[:-1]
+        try:
+            return [json.loads(line) for line in lines if line.strip()]
+        except ValueError as e:
+            raise CamjaxError(f'{self.file(METRICS)} is damaged ({e})') from None
 
     def rewind(self, step: int) -> None:
-        """Drop the records of steps after `step`: a run resuming from its
-        step-`step` checkpoint replays them, so metrics.jsonl of a killed and
-        resumed run equals an uninterrupted one's (plus 'resume' markers)."""
-        if not self.is_writer:
+        """Drop the records of steps after `step` (and a torn last line): a
+        run resuming from its step-`step` checkpoint replays them, so
+        metrics.jsonl of a killed and resumed run equals an uninterrupted
+        one's (plus 'resume' markers)."""
+        if not self.is_writer or not self.exists(METRICS):
             return
+        with open(self.file(METRICS)) as f:
+            torn = not f.read().endswith('\n')
         records = self.records()
         kept = [r for r in records if r.get('step', 0) <= step]
-        if len(kept) != len(records):
+        if len(kept) != len(records) or torn:
             self._write_atomic(METRICS, ''.join(json.dumps(r) + '\n' for r in kept))
 
     # -- label_stats.json ------------------------------------------------------

@@ -1,0 +1,36 @@
+"""The run directory owner: config.json refusals naming every field, and
+metrics.jsonl rewinding (torn last lines included) for exact resumes."""
+
+import pytest
+from conftest import small_config
+
+from camjax.errors import CamjaxError
+from camjax.rundir import RunDir
+
+
+def test_a_different_config_is_refused_naming_every_field(tmp_path):
+    rundir = RunDir(tmp_path / 'run')
+    rundir.create(small_config())
+    before = rundir.file('config.json')
+    text = open(before).read()
+    with pytest.raises(CamjaxError) as info:
+        rundir.create(small_config(**{'seed': 3, 'optimizer.learning_rate': 0.5}))
+    assert 'optimizer.learning_rate: 0.05 -> 0.5' in str(info.value)
+    assert 'seed: 0 -> 3' in str(info.value)
+    assert open(before).read() == text
+    rundir.create(small_config())  # the same config: accepted, nothing changes
+
+
+def test_rewind_drops_replayed_and_torn_records(tmp_path):
+    rundir = RunDir(tmp_path)
+    for step in (2, 4, 6):
+        rundir.append({'kind': 'train', 'step': step})
+    with open(rundir.file('metrics.jsonl'), 'a') as f:
+        f.write('{"kind": "train", "st')  # a kill in the middle of a write
+    assert [r['step'] for r in rundir.records()] == [2, 4, 6]
+    rundir.rewind(4)
+    assert [r['step'] for r in rundir.records()] == [2, 4]
+    rundir.append({'kind': 'train', 'step': 6})
+    assert [r['step'] for r in rundir.records()] == [2, 4, 6]
+    rundir.rewind(-1)
+    assert rundir.records() == []
