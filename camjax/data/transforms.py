@@ -34,7 +34,17 @@ def random_crop_flip(image: np.ndarray, rng: np.random.Generator, *, padding: in
     return np.ascontiguousarray(image)
 
 
+def pixels01(images):
+    """uint8 images -> float32 pixels in [0, 1]."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def standardize(x, *, mean, std):
+    """Pixels in [0, 1] -> (x - mean) / std per channel: the one input
+    normalization (FGSM perturbs x in [0, 1], then standardizes)."""
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
 def normalize_images(images, *, mean, std):
     """uint8 (B,H,W,3) -> float32 ((x / 255) - mean) / std, on device."""
-    x = images.astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    return standardize(pixels01(images), mean=mean, std=std)

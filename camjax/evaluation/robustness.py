@@ -24,17 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from camjax import losses, parallel
+from camjax.data.transforms import pixels01, standardize
 from camjax.evaluation import metrics as metrics_lib
 
 
-def _normalize(x, *, mean, std):
-    """Images in [0, 1] -> (x - mean) / std; with x = uint8 / 255 this is
-    exactly `camjax.data.normalize_images`, so eps = 0 reproduces clean logits."""
-    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-
-
 def _logits(model, variables, x, *, mean, std):
-    logits, _ = model.apply(variables, _normalize(x, mean=mean, std=std), train=False)
+    logits, _ = model.apply(variables, standardize(x, mean=mean, std=std), train=False)
     return logits
 
 
@@ -118,7 +113,7 @@ def fgsm_sums(*, model, variables, batch: dict, eps_values: Sequence[float], mea
     eps_values = _check_eps(eps_values)
     labels, weights = batch['label'], batch['mask']
     _check_single_label(labels)
-    x = batch['image'].astype(jnp.float32) / 255.0
+    x = pixels01(batch['image'])
     direction = input_gradient_sign(model=model, variables=variables, images=x, labels=labels,
                                     mean=mean, std=std)
     b, num_eps = x.shape[0], len(eps_values)
