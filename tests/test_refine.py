@@ -166,23 +166,30 @@ def test_bad_refine_input_is_one_line_and_writes_nothing(base, tmp_path, flags, 
 
 def test_mismatched_checkpoint_names_the_parameter_and_both_shapes(base, tmp_path):
     # configs/default.py:smoke is a ResNet-8 of width 4; the base run has width 8.
+    # A bare checkpoint directory has no config.json to take the model from.
     result = run_cli('--config=configs/default.py:smoke', '--config.mode=refine',
-                     f'--config.train.init_from={base[0]}', f'--workdir={tmp_path}/run')
+                     f'--config.train.init_from={base[0]}/checkpoints',
+                     f'--workdir={tmp_path}/run')
     _one_line_error(result, 'has shape')
     message = result.stderr.strip().splitlines()[-1]
     assert 'params/' in message and '(8,)' in message and '(4,)' in message
     assert os.listdir(base[0])  # the source run is untouched
 
 
-def test_refining_another_architecture_fails_before_writing(base, tmp_path):
-    """The head / architecture of train.init_from is checked up front, from
-    the checkpoint's metadata, so the refine workdir is never created."""
-    from camjax.errors import CamjaxError
+def test_refine_takes_the_model_from_init_from_and_checks_it_before_writing(base, tmp_path):
+    """A refine run's model and input come from train.init_from's config.json;
+    an explicit override contradicting it is refused, and a bare checkpoint
+    directory's shapes are checked from Orbax metadata. Either way the refine
+    workdir is never created."""
+    from camjax.errors import CamjaxError, ConfigError
     from camjax.main import run
     base_dir, _, _ = base
     workdir = tmp_path / 'refined'
     config = refine_config(base_dir)
     config.model = dict(name='resnet8', width=4)
+    with pytest.raises(ConfigError, match=r"model=.*'width': 4.* \(the run has .*'width': 8"):
+        run(config, str(workdir), explicit={'model.width': 4})
+    config.train.init_from = os.path.join(base_dir, 'checkpoints')
     with pytest.raises(CamjaxError, match='has shape .* the model needs'):
         run(config, str(workdir))
     assert not workdir.exists()

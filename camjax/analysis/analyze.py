@@ -24,6 +24,7 @@ from camjax.errors import CamjaxError
 from camjax.evaluation import landscape, localization
 from camjax.evaluation import metrics as metrics_lib
 from camjax.evaluation.evaluate import (
+    RUN_EVALUATION_FIELDS,
     evaluate_run,
     evaluated_checkpoint,
     restore_model,
@@ -45,10 +46,10 @@ def _names(workdirs) -> list[str]:
 
 def _cache_name(name: str, workdir: str, evaluation) -> str:
     """cache/<run>-step<S>-<hash>: the hash covers the run's config.json, the
-    evaluated checkpoint and the evaluation settings, so a retrained run or
-    other settings never hit an old entry."""
+    evaluated checkpoint and the settings `evaluate_run` reads, so a
+    retrained run or other settings never hit an old entry."""
     source, step = evaluated_checkpoint(workdir, evaluation.checkpoint)
-    settings = {k: v for k, v in evaluation.to_dict().items() if k != 'runs'}
+    settings = {k: evaluation[k] for k in RUN_EVALUATION_FIELDS}
     key = json.dumps([config_to_dict(run_config(workdir)), os.path.relpath(source, workdir),
                       settings], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]

@@ -26,10 +26,14 @@ from camjax.models import CLASSIFIER
 from camjax.rundir import EVAL_DIR, RunDir
 from camjax.training.state import forward, init_state, load_pretrained, model_from_config
 
-
 # =============================================================================
 # Restoring a run
 # =============================================================================
+# The evaluation settings `evaluate_run` reads (analyze keys its cache by them).
+RUN_EVALUATION_FIELDS = ('checkpoint', 'split', 'fgsm_eps', 'loc_theta', 'cam_threshold_step',
+                         'positive_weights_only', 'sparsity_eps')
+
+
 def run_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a camjax run wrote to `workdir/config.json`."""
     return RunDir(workdir).trained_config()
