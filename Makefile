@@ -20,8 +20,12 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collects no tests (e.g. a filtered run); that is not a
 # failure of the code, so it maps to 0. Every other status passes through.
+# Two workers (pytest-xdist) overlap one test's single-threaded XLA compile with
+# another's run; tests sharing the demo run stay in one group (one worker).
+PYTEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) \
+		|| [ $$? -eq 5 ]
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'

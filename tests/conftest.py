@@ -9,6 +9,15 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# One persistent XLA compilation cache for the whole session, shared by the
+# CLI subprocesses (they inherit the environment): the suite compiles the same
+# small models many times. Set before any test module imports jax.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    import tempfile
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='camjax-xla-cache-')
+    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
 
 @pytest.fixture(scope='session', autouse=True)
 def data_dir(tmp_path_factory):
@@ -69,10 +78,16 @@ def run_on_cpu_devices(script: str, *, devices: int = 4, timeout=600) -> str:
     return result.stdout
 
 
+# Tests using `default_run` carry this mark, so that pytest-xdist runs them on
+# one worker and the demo trains once.
+DEMO = pytest.mark.xdist_group('demo')
+
+
 @pytest.fixture(scope='session')
 def default_run(tmp_path_factory):
     """The README's demo command (configs/default.py on the embedded synthetic
-    dataset), trained once per session: (workdir, seconds, CompletedProcess)."""
+    dataset), trained once per session (per test worker): (workdir, seconds,
+    CompletedProcess)."""
     import time
     workdir = tmp_path_factory.mktemp('runs') / 'default'
     start = time.perf_counter()

@@ -11,7 +11,7 @@ import os
 from html.parser import HTMLParser
 
 import pytest
-from conftest import run_cli
+from conftest import DEMO, run_cli
 
 from camjax.rundir import read_records
 
@@ -27,6 +27,7 @@ def evaluated(default_run):
         return workdir, json.load(f), run.stdout
 
 
+@DEMO
 def test_eval_reproduces_the_best_checkpoint_test_accuracy(evaluated):
     workdir, results, stdout = evaluated
     best = [r for r in read_records(str(workdir)) if r['kind'] == 'best'][-1]
@@ -38,6 +39,7 @@ def test_eval_reproduces_the_best_checkpoint_test_accuracy(evaluated):
     assert os.path.exists(workdir / 'eval' / 'predictions.npz')
 
 
+@DEMO
 def test_trained_cams_localize_better_than_a_centred_box(evaluated):
     _, results, _ = evaluated
     loc = results['localization']
@@ -51,6 +53,7 @@ def test_trained_cams_localize_better_than_a_centred_box(evaluated):
     assert 0 <= loc['max_box_acc_threshold'] < 1
 
 
+@DEMO
 def test_fgsm_at_zero_is_clean_accuracy_and_attacks_hurt(evaluated):
     _, results, _ = evaluated
     fgsm = results['fgsm']
