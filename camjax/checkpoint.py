@@ -9,6 +9,7 @@ refine run can start from any camjax checkpoint with a fresh optimizer.
 """
 
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from camjax.errors import CamjaxError
 
 TREE_ITEMS = ('params', 'batch_stats', 'opt_state')
 JSON_ITEMS = ('step', 'meta', 'data')
-LATEST_DIR, BEST_DIR = 'checkpoints', 'best'
+LATEST_DIR, BEST_DIR, DAMAGED_DIR = 'checkpoints', 'best', 'damaged'
 
 
 def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
@@ -51,6 +52,7 @@ class Checkpointer:
     batch_stats, opt_state and step) plus JSON loop and data-iterator state."""
 
     def __init__(self, workdir: str, *, keep: int):
+        self._workdir = workdir
         self._latest = _manager(os.path.join(workdir, LATEST_DIR), keep)
         self._best = _manager(os.path.join(workdir, BEST_DIR), 1)
 
@@ -63,15 +65,54 @@ class Checkpointer:
         self._best.save(step, args=_save_args(state, meta, None), force=True)
 
     def restore_latest(self, abstract_state):
-        """Returns (state, meta, data_state) of the newest save, or None."""
-        step = self._latest.latest_step()
-        if step is None:
-            return None
-        return _restore_full(self._latest, step, abstract_state)
+        """(state, meta, data_state) of the newest complete save, or None if
+        the run never saved. See `_restore_newest_complete` for damaged saves."""
+        return self._restore_newest_complete(self._latest, abstract_state, with_data=True)
 
     def restore_best(self, abstract_state):
-        step = self._best.latest_step()
-        return None if step is None else _restore_full(self._best, step, abstract_state)[0]
+        restored = self._restore_newest_complete(self._best, abstract_state, with_data=False)
+        return None if restored is None else restored[0]
+
+    def _restore_newest_complete(self, manager, abstract_state, *, with_data: bool):
+        """A save is complete only when every item this run saves is present
+        and restores; a missing params or opt_state is damage, never "start
+        that item fresh". A damaged save is moved aside to <workdir>/damaged/
+        (never deleted) with a one-line warning, and the previous one is
+        tried. If saves existed and none is usable, that is a CamjaxError:
+        the run never silently starts from scratch."""
+        steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
+            return None
+        required = _required_items(abstract_state, with_data=with_data)
+        moved = []
+        for step in steps:
+            missing = sorted(required - _saved_items(manager, step))
+            problem = f'missing {", ".join(missing)}' if missing else None
+            if problem is None:
+                try:
+                    return _restore_full(manager, step, abstract_state)
+                except Exception as e:  # noqa: BLE001 -- any failure to read is damage
+                    problem = f'unreadable: {type(e).__name__}: {" ".join(str(e).split())[:200]}'
+            moved.append(self._move_aside(manager, step, problem))
+        raise CamjaxError(f'no usable checkpoint in {manager.directory}: every save was '
+                          f'damaged and moved aside ({", ".join(moved)}); remove the workdir '
+                          'to start over')
+
+    def _move_aside(self, manager, step: int, problem: str) -> str:
+        source = os.path.join(str(manager.directory), str(step))
+        target = os.path.join(self._workdir, DAMAGED_DIR,
+                              f'{os.path.basename(str(manager.directory))}-{step}')
+        if jax.process_index() == 0:
+            n = 1
+            while os.path.exists(target + (f'.{n}' if n > 1 else '')):
+                n += 1
+            target += f'.{n}' if n > 1 else ''
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.rename(source, target)
+            print(f'camjax: warning: checkpoint {source} is damaged ({problem}); moved it to '
+                  f'{target} and trying the previous one', file=sys.stderr, flush=True)
+        manager.reload()
+        return target
 
     def wait(self) -> None:
         self._latest.wait_until_finished()
@@ -86,12 +127,20 @@ def _saved_items(manager, step) -> set[str]:
     return set(os.listdir(os.path.join(manager.directory, str(step))))
 
 
+def _required_items(abstract_state, *, with_data: bool) -> set[str]:
+    """The items every save of this state has (empty trees are not saved)."""
+    trees = {n for n in TREE_ITEMS if jax.tree.leaves(getattr(abstract_state, n))}
+    return {'step', 'meta', *trees, *(['data'] if with_data else [])}
+
+
 def _restore_full(manager, step, abstract_state):
     saved = _saved_items(manager, step)
     items = {n: ocp.args.StandardRestore(getattr(abstract_state, n))
              for n in TREE_ITEMS if n in saved}
     items.update({n: ocp.args.JsonRestore() for n in JSON_ITEMS if n in saved})
     restored = manager.restore(step, args=ocp.args.Composite(**items))
+    if restored['step'] != step or not isinstance(restored['meta'], dict):
+        raise ValueError(f'step item {restored["step"]!r} or meta item does not match save {step}')
     state = abstract_state.replace(
         step=jax.device_put(np.int32(restored['step']), abstract_state.step.sharding),
         **{n: restored[n] for n in TREE_ITEMS if n in saved})
