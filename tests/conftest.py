@@ -80,7 +80,7 @@ def run_on_cpu_devices(script: str, *, devices: int = 4, timeout=600) -> str:
 
 # Tests using `default_run` carry this mark, so that pytest-xdist runs them on
 # one worker and the demo trains once.
-DEMO = pytest.mark.xdist_group('demo')
+DEMO = pytest.mark.xdist_group(name='demo')
 
 
 @pytest.fixture(scope='session')
