@@ -21,10 +21,11 @@ lint: $(STAMP)
 # pytest exits 5 when it collects no tests (e.g. a filtered run); that is not a
 # failure of the code, so it maps to 0. Every other status passes through.
 # Two workers (pytest-xdist) overlap one test's single-threaded XLA compile with
-# another's run; tests sharing the demo run stay in one group (one worker).
+# another's run; --dist loadfile keeps a file on one worker, so the demo run
+# (tests/test_demo.py) trains once.
 PYTEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) \
+	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) \
 		|| [ $$? -eq 5 ]
 
 bench: $(STAMP)

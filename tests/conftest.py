@@ -78,16 +78,11 @@ def run_on_cpu_devices(script: str, *, devices: int = 4, timeout=600) -> str:
     return result.stdout
 
 
-# Tests using `default_run` carry this mark, so that pytest-xdist runs them on
-# one worker and the demo trains once.
-DEMO = pytest.mark.xdist_group(name='demo')
-
-
 @pytest.fixture(scope='session')
 def default_run(tmp_path_factory):
     """The README's demo command (configs/default.py on the embedded synthetic
-    dataset), trained once per session (per test worker): (workdir, seconds,
-    CompletedProcess)."""
+    dataset), trained once per session (per test worker; its tests are all in
+    test_demo.py): (workdir, seconds, CompletedProcess)."""
     import time
     workdir = tmp_path_factory.mktemp('runs') / 'default'
     start = time.perf_counter()
