@@ -47,13 +47,6 @@ def _same(a, b) -> bool:
     return norm(a) == norm(b)
 
 
-def _get(config, path: str):
-    node = config
-    for part in path.split('.'):
-        node = node[part]
-    return node
-
-
 def _set(config, path: str, value) -> None:
     *parents, leaf = path.split('.')
     node = config
