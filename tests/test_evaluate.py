@@ -88,11 +88,11 @@ def test_analyze_compares_a_linr_refinement_with_its_baseline(tmp_path):
     splits = open_splits(config.dataset)
     train_and_evaluate(config, base, splits)
     refine(small_config(**{'mode': 'refine', 'train.init_from': base, 'refine.rounds': 1,
-                           'refine.cls_steps': 3, 'refine.linr_steps': 3}), refined, splits)
+                           'refine.cls_steps': 2, 'refine.linr_steps': 2}), refined, splits)
     before = {w: _file_hashes(w) for w in (base, refined)}
     analysis = small_config(**{
         'mode': 'analyze', 'evaluation.runs': (base, refined), 'evaluation.fgsm_eps': (0.1,),
-        'evaluation.landscape_steps': 5, 'evaluation.cam_grid_images': 3})
+        'evaluation.landscape_steps': 3, 'evaluation.cam_grid_images': 2})
     summary = analyze(analysis, out)
     # analyze writes only into its own workdir; the compared runs stay byte-identical.
     assert {w: _file_hashes(w) for w in (base, refined)} == before
