@@ -1,5 +1,6 @@
 """The README's demo (`make demo`: configs/default.py on the embedded
-synthetic dataset), trained once by the `default_run` fixture, then evaluated
+synthetic dataset, here at 6 of its 12 epochs to fit CI's budget), trained
+once by the `default_run` fixture, then evaluated
 by its workdir alone: classification, CAM localization against a centred-box
 baseline, FGSM. All tests using the demo live in this file, so a test worker
 (pytest-xdist, --dist loadfile) trains it once."""
