@@ -9,6 +9,7 @@ landscape on shared directions, train / validation curves and the configs.
 import hashlib
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -36,12 +37,26 @@ from camjax.rundir import RunDir, config_to_dict, read_records
 from camjax.training.state import forward
 
 CACHE_DIR = 'cache'
+_UNSAFE = re.compile(r'[^A-Za-z0-9_.+-]+')
 
 
 def _names(workdirs) -> list[str]:
-    """Short, unique run names: the workdirs' base names (or full paths)."""
+    """Short, unique run names: the workdirs' base names (or full paths).
+    For display; a file name made from one goes through `safe_filename`."""
     names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
     return names if len(set(names)) == len(names) else list(workdirs)
+
+
+def safe_filename(name: str, *, max_length: int = 64) -> str:
+    """`name` as one plain file name: itself when it already is one (letters,
+    digits, `_.+-`, no leading dot, at most `max_length` characters), else its
+    other characters replaced by '_' and a hash of `name` appended, so
+    distinct names stay distinct. A run name such as '/abs/run' or
+    '../../x' can never place a file outside the directory it is joined to."""
+    if not _UNSAFE.search(name) and not name.startswith('.') and 0 < len(name) <= max_length:
+        return name
+    readable = _UNSAFE.sub('_', name).strip('._')[:max_length] or 'name'
+    return f'{readable}-{hashlib.sha256(name.encode()).hexdigest()[:8]}'
 
 
 def _cache_name(name: str, workdir: str, evaluation) -> str:
@@ -53,7 +68,7 @@ def _cache_name(name: str, workdir: str, evaluation) -> str:
     key = json.dumps([config_to_dict(run_config(workdir)), os.path.relpath(source, workdir),
                       settings], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return os.path.join(CACHE_DIR, f'{name}-step{step}-{digest}')
+    return os.path.join(CACHE_DIR, f'{safe_filename(name)}-step{step}-{digest}')
 
 
 def _evaluate_cached(name: str, workdir: str, evaluation, cache: RunDir, mesh) -> dict:

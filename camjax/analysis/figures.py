@@ -3,9 +3,18 @@
 import io
 
 
-def figure_png(figure, *, path=None, **savefig_kwargs) -> bytes:
+def figure_png(figure, *, path=None, tight_layout=False, **savefig_kwargs) -> bytes:
     """PNG bytes of a `matplotlib.figure.Figure` (never pyplot), also written
-    to `path` when given. `savefig_kwargs` go to `Figure.savefig`."""
+    to `path` when given, laid out by `Figure.tight_layout` first when asked.
+    `savefig_kwargs` go to `Figure.savefig`.
+
+    Every text is drawn literally: class and run names come from data, and a
+    name such as `$x_` would otherwise be parsed as mathtext and fail."""
+    from matplotlib.text import Text
+    for text in figure.findobj(Text):
+        text.set_parse_math(False)
+    if tight_layout:  # measures the texts, so only after the line above
+        figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png', **savefig_kwargs)
     png = buffer.getvalue()

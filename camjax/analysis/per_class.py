@@ -493,5 +493,4 @@ def plot_per_class_deltas(result: PerClassComparison, *, path=None, ax=None,
                        Patch(color=_BETTER_COLOUR, label=f'better, {label}'),
                        Patch(color=_PLAIN_COLOUR, label='not significant')],
               fontsize=8, loc='best')
-    fig.tight_layout()
-    return figure_png(fig, path=path)
+    return figure_png(fig, path=path, tight_layout=True)

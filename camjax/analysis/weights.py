@@ -163,8 +163,7 @@ def weight_histogram_png(kernels: Mapping[str, object], *, bins: int | Sequence[
                   title_fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return figure_png(fig, path=path)
+    return figure_png(fig, path=path, tight_layout=True)
 
 
 def accuracy_vs_sparsity_png(points: Sequence[Mapping], *, path=None,
@@ -209,5 +208,4 @@ def accuracy_vs_sparsity_png(points: Sequence[Mapping], *, path=None,
     ax.legend(fontsize=9, loc='best')
     ax.set_title('accuracy vs classifier weight sparsity' if title is None else title,
                  fontsize=10)
-    fig.tight_layout()
-    return figure_png(fig, path=path)
+    return figure_png(fig, path=path, tight_layout=True)
