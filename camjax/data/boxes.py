@@ -12,8 +12,11 @@ output pixel that the box's interval overlaps, so a box never shrinks out of
 an object and a same-size "resize" is the identity.
 """
 
+import math
+
 import numpy as np
 
+from camjax.data.problems import BAD_BOX, DataProblem
 from camjax.errors import CamjaxError
 
 # Tolerance for float rounding at pixel edges (coordinates are at most ~1e4).
@@ -65,9 +68,20 @@ def check_box(values, where: str) -> np.ndarray:
     try:
         box = np.asarray([float(v) for v in values], np.float32)
     except ValueError:
-        raise CamjaxError(f'{where}: box coordinates {list(values)} are not numbers') from None
-    if len(box) != 4 or not np.all(np.isfinite(box)) or box.min() < 0 or \
-            box[0] > box[2] or box[1] > box[3]:
-        raise CamjaxError(f'{where}: box {list(values)} is not (x0, y0, x1, y1) with '
+        raise DataProblem(BAD_BOX, f'{where}: box coordinates {list(values)} are not '
+                          'numbers') from None
+    c = box.tolist()  # plain floats: this runs for every box of a dataset, at open
+    if len(c) != 4 or not all(map(math.isfinite, c)) or min(c) < 0 or c[0] > c[2] or \
+            c[1] > c[3]:
+        raise DataProblem(BAD_BOX, f'{where}: box {list(values)} is not (x0, y0, x1, y1) with '
                           '0 <= x0 <= x1 and 0 <= y0 <= y1')
     return box
+
+
+def check_box_inside(box, *, height: int, width: int, image: str, where: str) -> None:
+    """A checked box lies inside its `image` of height x width pixels (inclusive
+    indices: x1 <= width - 1, y1 <= height - 1)."""
+    if box[2] > width - 1 or box[3] > height - 1:
+        coords = ','.join(f'{v:g}' for v in box)
+        raise DataProblem(BAD_BOX, f'{where}: box {coords} is outside the image {image} '
+                          f'({width}x{height}, width x height)')

@@ -1,38 +1,85 @@
 """File-based datasets: image folders, attribute CSVs and Tiny ImageNet.
 
-Each `list_*` function reads only directory listings and small text files and
-returns a `Listing` per split; sources.py carves validation, adds label noise,
-shards across processes and wraps the files in `ImageFolderSource`. The file
-formats are described in sources.py's docstring.
+Each `list_*` function reads directory listings, small text files and, for
+boxes, image headers, and returns a `Listing` per split; sources.py carves
+validation, adds label noise, shards across processes and wraps the files in
+`ImageFolderSource`. The file formats are described in sources.py's
+docstring. The listings' per-item checks report to a `Problems`
+(problems.py): opening stops at the first, `--mode=check` (check.py) lists
+them all.
 """
 
+import concurrent.futures
 import csv
 import dataclasses
 import os
 from collections.abc import Sequence
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
-from camjax.data.boxes import check_box
+from camjax.data.boxes import check_box, check_box_inside
+from camjax.data.problems import (
+    BAD_ATTRIBUTE_VALUE,
+    BAD_IMAGE_PATH,
+    BAD_LINE,
+    CORRUPT_IMAGE,
+    EMPTY_CLASS,
+    MISSING_FILE,
+    RAISE_FIRST,
+    DataProblem,
+    Problems,
+)
 from camjax.errors import CamjaxError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+# What PIL raises for a file it cannot read (truncated, empty, not an image, a bomb).
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def _read_image(path: str, read):
+    """read(the opened PIL image); a DataProblem naming the file if PIL cannot."""
+    try:
+        with Image.open(path) as img:
+            return read(img)
+    except _UNREADABLE as e:
+        raise DataProblem(CORRUPT_IMAGE, f'corrupt image {path}: {e}') from None
+
+
+def decode_image(path: str) -> np.ndarray:
+    """The file's pixels as uint8 RGB (H, W, 3): the one definition of a
+    decodable image, for training, evaluation and --mode=check."""
+    return _read_image(path, lambda img: np.asarray(img.convert('RGB')))
+
+
+def read_header(path: str) -> tuple[int, int, int]:
+    """(height, width, channels) of a file as stored, from its header only."""
+    return _read_image(path, lambda img: (img.height, img.width, len(img.getbands())))
 
 
 class ImageFolderSource(Sequence):
-    """Random access over image files; a file PIL cannot read is a CamjaxError.
+    """Random access over image files.
 
     labels: (N,) class indices or (N, K) multi-hot rows. boxes: None, or per
     file a float32 (m, 4) array of (x0, y0, x1, y1) inclusive pixel boxes,
-    returned as the example's 'boxes'."""
+    returned as the example's 'boxes'. Every example carries 'bad_image', a
+    uint8 that is 1 when its file could not be decoded and was replaced.
 
-    def __init__(self, files: Sequence[str], labels, boxes: Sequence | None = None):
+    on_bad_image: 'error' -- an undecodable file is a CamjaxError naming it;
+    'skip' -- it is replaced by the next decodable file in index order
+    (wrapping around) with that file's label and boxes, so an example is a
+    pure function of its index and a resumed run sees the same batches."""
+
+    def __init__(self, files: Sequence[str], labels, boxes: Sequence | None = None, *,
+                 on_bad_image: str = 'error'):
         labels = np.asarray(labels)
         self._files = list(files)
         self._labels = labels.astype(np.int32 if labels.ndim <= 1 else np.float32)
         self._boxes = None if boxes is None else list(boxes)
         self.has_boxes = boxes is not None
+        self._skip_bad = on_bad_image == 'skip'
+        self._warned = set()  # indices of bad files already named in a warning
 
     def __len__(self):
         return len(self._files)
@@ -40,24 +87,41 @@ class ImageFolderSource(Sequence):
     def stored_format(self, index: int) -> tuple[int, int, int]:
         """(height, width, channels) of a file as stored, from its header
         (decoding converts every image to RGB)."""
-        path = self._files[index]
-        try:
-            with Image.open(path) as img:
-                return img.height, img.width, len(img.getbands())
-        except (OSError, ValueError, SyntaxError) as e:
-            raise CamjaxError(f'corrupt image {path}: {e}') from None
+        return self._first_readable(index, read_header)[1]
 
     def __getitem__(self, index):
-        path = self._files[index]
-        try:
-            with Image.open(path) as img:
-                image = np.asarray(img.convert('RGB'))
-        except (OSError, ValueError, SyntaxError) as e:
-            raise CamjaxError(f'corrupt image {path}: {e}') from None
-        example = {'image': image, 'label': self._labels[index]}
+        used, image = self._first_readable(index, decode_image)
+        example = {'image': image, 'label': self._labels[used],
+                   'bad_image': np.uint8(used != index)}
         if self._boxes is not None:
-            example['boxes'] = self._boxes[index]
+            example['boxes'] = self._boxes[used]
         return example
+
+    def _first_readable(self, index: int, read):
+        """(i, read(file i)) for i = index or, with on_bad_image='skip' and file
+        `index` unreadable, the first i after it (wrapping around) that is."""
+        try:
+            return index, read(self._files[index])
+        except DataProblem as problem:
+            if not self._skip_bad:
+                raise
+            bad = problem
+        n = len(self._files)
+        for i in ((index + k) % n for k in range(1, n)):
+            try:
+                value = read(self._files[i])
+            except DataProblem:
+                continue
+            self._warn_once(index, bad, replacement=self._files[i])
+            return i, value
+        raise CamjaxError(f'dataset.on_bad_image=skip: none of the {n} images of this split '
+                          f'can be read, e.g. {bad}')
+
+    def _warn_once(self, index: int, problem: DataProblem, *, replacement: str) -> None:
+        if index not in self._warned:
+            self._warned.add(index)
+            logging.warning('camjax: %s; using %s instead (dataset.on_bad_image=skip)',
+                            problem, replacement)
 
 
 @dataclasses.dataclass
@@ -69,18 +133,58 @@ class Listing:
     boxes: list | None = None
 
 
-def _no_boxes():
-    return np.zeros((0, 4), np.float32)
+def _image_names(folder: str) -> list[str]:
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+
+
+def check_class_has_images(folder: str, names) -> None:
+    if not names:
+        raise DataProblem(EMPTY_CLASS, f'class folder {folder} has no image files '
+                          f'({", ".join(IMAGE_SUFFIXES)})')
 
 
 def _stack_boxes(per_file: dict, files) -> list:
-    return [np.stack(per_file[f]) if f in per_file else _no_boxes() for f in files]
+    """Per file of `files` its (m, 4) float32 boxes, m = 0 for one not in `per_file`."""
+    return [np.asarray(per_file.get(f, ()), np.float32).reshape(-1, 4) for f in files]
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    """(height, width), or None for a file without a readable header: the
+    decode reports it (or skips it), so its boxes are not checked twice."""
+    try:
+        return read_header(path)[:2]
+    except DataProblem:
+        return None
+
+
+def map_in_threads(fn, items, *, threads: int = 4, chunk: int = 1024) -> list:
+    """[fn(x) for x in items], in chunks on a few threads: file reads then
+    overlap their waits on a slow (network) file system and cost about the
+    same as a plain loop on a local one."""
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return [y for ys in pool.map(lambda xs: [fn(x) for x in xs], chunks) for y in ys]
+
+
+def boxes_inside_images(per_file: dict, problems: Problems, split: str) -> dict:
+    """{file: [(box, 'file:line'), ...]} -> {file: [box, ...]}, every box
+    checked against its image's size as stored (read from the header)."""
+    inside = {}
+    for (file, boxes), size in zip(per_file.items(), map_in_threads(_header_size, list(per_file)),
+                                   strict=True):
+        kept = inside.setdefault(file, [])
+        for box, where in boxes:
+            with problems.catch(split):
+                if size is not None:
+                    check_box_inside(box, height=size[0], width=size[1], image=file, where=where)
+                kept.append(box)
+    return inside
 
 
 # ---------------------------------------------------------------------------
 # imagefolder:<dir>
 # ---------------------------------------------------------------------------
-def _list_folder(root, split, class_names=None):
+def _list_folder(root, split, problems, class_names=None):
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
         raise CamjaxError(f'imagefolder {root!r} has no {split!r} subdirectory')
@@ -94,9 +198,11 @@ def _list_folder(root, split, class_names=None):
     files, labels = [], []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(split_dir, name)
-        if not os.path.isdir(class_dir):
+        if not os.path.isdir(class_dir):  # a split may lack a class altogether
             continue
-        names = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_SUFFIXES))
+        names = _image_names(class_dir)
+        with problems.catch(split):
+            check_class_has_images(class_dir, names)
         files += [os.path.join(class_dir, f) for f in names]
         labels += [label] * len(names)
     if not files:
@@ -104,11 +210,11 @@ def _list_folder(root, split, class_names=None):
     return files, np.asarray(labels), class_names
 
 
-def read_boxes_csv(path: str, split_dir: str, files) -> list:
+def read_boxes_csv(path: str, split_dir: str, files, problems: Problems, split: str) -> list:
     """`path`'s lines 'relative/path,x0,y0,x1,y1' (relative to split_dir) ->
     per file of `files` its (m, 4) boxes, m = 0 for a file with no line."""
     index = {os.path.relpath(f, split_dir).replace(os.sep, '/'): f for f in files}
-    per_file = {}
+    per_file = {}  # file -> [(box, where)]
     with open(path, newline='') as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             row = [v.strip() for v in row]
@@ -117,24 +223,27 @@ def read_boxes_csv(path: str, split_dir: str, files) -> list:
             if lineno == 1 and row[0] == 'image':  # optional header
                 continue
             where = f'{path}:{lineno}'
-            if len(row) != 5:
-                raise CamjaxError(f'{where}: expected relative/path,x0,y0,x1,y1, got {row}')
-            if row[0] not in index:
-                raise CamjaxError(f'{where}: {row[0]!r} is not an image of {split_dir!r}')
-            per_file.setdefault(index[row[0]], []).append(check_box(row[1:], where))
-    return _stack_boxes(per_file, files)
+            with problems.catch(split):
+                if len(row) != 5:
+                    raise DataProblem(BAD_LINE, f'{where}: expected relative/path,x0,y0,x1,y1, '
+                                      f'got {row}')
+                if row[0] not in index:
+                    raise DataProblem(BAD_LINE, f'{where}: {row[0]!r} is not an image of '
+                                      f'{split_dir!r}')
+                per_file.setdefault(index[row[0]], []).append((check_box(row[1:], where), where))
+    return _stack_boxes(boxes_inside_images(per_file, problems, split), files)
 
 
-def list_imagefolder(root, cfg):
-    files, labels, class_names = _list_folder(root, cfg.train_split)
-    test_files, test_labels, _ = _list_folder(root, cfg.test_split, class_names)
+def list_imagefolder(root, cfg, problems: Problems = RAISE_FIRST):
+    files, labels, class_names = _list_folder(root, cfg.train_split, problems)
+    test_files, test_labels, _ = _list_folder(root, cfg.test_split, problems, class_names)
     train, test = Listing(files, labels), Listing(test_files, test_labels)
     if cfg.boxes_file:
         for split, listing in ((cfg.train_split, train), (cfg.test_split, test)):
             split_dir = os.path.join(root, split)
             path = os.path.join(split_dir, cfg.boxes_file)
             if os.path.isfile(path):
-                listing.boxes = read_boxes_csv(path, split_dir, listing.files)
+                listing.boxes = read_boxes_csv(path, split_dir, listing.files, problems, split)
             elif split == cfg.test_split:  # the split localization is measured on
                 raise CamjaxError(f'dataset.boxes_file: {path} does not exist')
     return train, test, tuple(class_names), False
@@ -143,7 +252,30 @@ def list_imagefolder(root, cfg):
 # ---------------------------------------------------------------------------
 # attrfolder:<dir>
 # ---------------------------------------------------------------------------
-def _read_attr_csv(root, split):
+def attr_image_file(images: str, path: str, where: str) -> str:
+    """The file an attrfolder CSV row names: `path` relative to `images`,
+    staying inside it, and existing."""
+    if os.path.isabs(path):
+        raise DataProblem(BAD_IMAGE_PATH, f'{where}: image path {path!r} is absolute; paths '
+                          f'are relative to {images}')
+    inside = os.path.normpath(path)
+    if inside == os.curdir or inside.split(os.sep)[0] == os.pardir:
+        raise DataProblem(BAD_IMAGE_PATH, f'{where}: image path {path!r} is not inside {images}')
+    file = os.path.join(images, inside)
+    if not os.path.isfile(file):
+        raise DataProblem(MISSING_FILE, f'{where}: the listed image does not exist: {file}')
+    return file
+
+
+def attr_values(names, values, where: str) -> list[bool]:
+    bad = [(n, v) for n, v in zip(names, values, strict=True) if v not in ('0', '1')]
+    if bad:
+        raise DataProblem(BAD_ATTRIBUTE_VALUE, f'{where}: attribute {bad[0][0]!r} is '
+                          f'{bad[0][1]!r}; values must be 0 or 1')
+    return [v == '1' for v in values]
+
+
+def _read_attr_csv(root, split, problems):
     path = os.path.join(root, f'{split}.csv')
     if not os.path.isfile(path):
         raise CamjaxError(f'attrfolder {root!r} has no {split}.csv (dataset split {split!r})')
@@ -161,33 +293,28 @@ def _read_attr_csv(root, split):
         raise CamjaxError(f'{path}: the header has no attribute columns')
     if len(set(names)) != len(names) or '' in names:
         raise CamjaxError(f'{path}: attribute names must be distinct and non-empty')
-    files, labels, missing = [], [], []
+    files, labels = [], []
     images = os.path.join(root, 'images')
     for lineno, row in rows[1:]:
         where = f'{path}:{lineno}'
-        if len(row) != len(header):
-            raise CamjaxError(f'{where}: {len(row)} fields, the header has {len(header)}')
-        values = row[:col] + row[col + 1:]
-        bad = [(n, v) for n, v in zip(names, values, strict=True) if v not in ('0', '1')]
-        if bad:
-            raise CamjaxError(f'{where}: attribute {bad[0][0]!r} is {bad[0][1]!r}; '
-                              'values must be 0 or 1')
-        file = os.path.join(images, row[col])
-        if not os.path.isfile(file):
-            missing.append(file)
-        files.append(file)
-        labels.append([v == '1' for v in values])
+        with problems.catch(split):
+            if len(row) != len(header):
+                raise DataProblem(BAD_LINE, f'{where}: {len(row)} fields, the header has '
+                                  f'{len(header)}')
+            # Both checked, so that a data check reports both of a row's problems.
+            label = problems.checked(split, attr_values, names, row[:col] + row[col + 1:], where)
+            file = problems.checked(split, attr_image_file, images, row[col], where)
+            if label is not None and file is not None:
+                files.append(file)
+                labels.append(label)
     if not files:
         raise CamjaxError(f'{path} lists no images')
-    if missing:
-        raise CamjaxError(f'{path}: {len(missing)} listed image(s) do not exist, '
-                          f'e.g. {missing[0]}')
     return files, np.asarray(labels, np.float32), names
 
 
-def list_attrfolder(root, cfg):
-    files, labels, names = _read_attr_csv(root, cfg.train_split)
-    test_files, test_labels, test_names = _read_attr_csv(root, cfg.test_split)
+def list_attrfolder(root, cfg, problems: Problems = RAISE_FIRST):
+    files, labels, names = _read_attr_csv(root, cfg.train_split, problems)
+    test_files, test_labels, test_names = _read_attr_csv(root, cfg.test_split, problems)
     if test_names != names:
         raise CamjaxError(f'attrfolder {root!r}: {cfg.test_split}.csv has attribute columns '
                           f'{list(test_names)}, {cfg.train_split}.csv has {list(names)}')
@@ -225,52 +352,78 @@ def _class_names(root, wnids):
                  for n, w in zip(names, wnids, strict=True))
 
 
-def list_tinyimagenet(arg, cfg):
-    del cfg  # fixed layout: train/ is the train split, the labelled val/ the test split
-    root = tinyimagenet_root(arg)
-    wnids = sorted({p[0] for _, p in _read_lines(os.path.join(root, 'wnids.txt'))})
-    label_of = {w: i for i, w in enumerate(wnids)}
-    files, labels, boxes = [], [], []
-    for label, wnid in enumerate(wnids):
-        image_dir = os.path.join(root, 'train', wnid, 'images')
-        if not os.path.isdir(image_dir):
-            raise CamjaxError(f'tinyimagenet {root!r}: class {wnid} of wnids.txt has no '
-                              f'{image_dir}')
-        names = sorted(f for f in os.listdir(image_dir) if f.lower().endswith(IMAGE_SUFFIXES))
-        box_path = os.path.join(root, 'train', wnid, f'{wnid}_boxes.txt')
-        if not os.path.isfile(box_path):
-            raise CamjaxError(f'tinyimagenet {root!r}: {box_path} does not exist')
-        per_file, known = {}, set(names)
-        for lineno, parts in _read_lines(box_path):
-            where = f'{box_path}:{lineno}'
+def _tiny_train_class(root, wnid, problems, split):
+    """(files, {file: [(box, where)]}) of one class's train/<wnid>/."""
+    image_dir = os.path.join(root, 'train', wnid, 'images')
+    if not os.path.isdir(image_dir):
+        raise DataProblem(MISSING_FILE, f'tinyimagenet {root!r}: class {wnid} of wnids.txt has '
+                          f'no {image_dir}')
+    names = _image_names(image_dir)
+    check_class_has_images(image_dir, names)
+    box_path = os.path.join(root, 'train', wnid, f'{wnid}_boxes.txt')
+    if not os.path.isfile(box_path):
+        raise DataProblem(MISSING_FILE, f'tinyimagenet {root!r}: {box_path} does not exist')
+    per_file, known = {}, set(names)
+    for lineno, parts in _read_lines(box_path):
+        where = f'{box_path}:{lineno}'
+        with problems.catch(split):
             if len(parts) != 5 or parts[0] not in known:
-                raise CamjaxError(f'{where}: expected <image of {image_dir}> x0 y0 x1 y1, '
-                                  f'got {parts}')
-            per_file.setdefault(parts[0], []).append(check_box(parts[1:], where))
-        files += [os.path.join(image_dir, n) for n in names]
-        labels += [label] * len(names)
-        boxes += _stack_boxes(per_file, names)
+                raise DataProblem(BAD_LINE, f'{where}: expected <image of {image_dir}> '
+                                  f'x0 y0 x1 y1, got {parts}')
+            per_file.setdefault(os.path.join(image_dir, parts[0]), []).append(
+                (check_box(parts[1:], where), where))
+    return [os.path.join(image_dir, n) for n in names], per_file
+
+
+def _tiny_val(root, label_of, problems, split):
+    """{file: (label, [(box, where)])} from val/val_annotations.txt, in its order."""
     ann_path = os.path.join(root, 'val', 'val_annotations.txt')
     if not os.path.isfile(ann_path):
         raise CamjaxError(f'tinyimagenet {root!r}: {ann_path} does not exist')
-    val = {}  # file -> (label, [boxes]), in annotation order
+    val = {}
     for lineno, parts in _read_lines(ann_path):
         where = f'{ann_path}:{lineno}'
-        if len(parts) != 6:
-            raise CamjaxError(f'{where}: expected file wnid x0 y0 x1 y1, got {parts}')
-        if parts[1] not in label_of:  # a class left out of wnids.txt: a subset
-            continue
-        label, file_boxes = val.setdefault(parts[0], (label_of[parts[1]], []))
-        if label != label_of[parts[1]]:
-            raise CamjaxError(f'{where}: {parts[0]} was listed with another class before')
-        file_boxes.append(check_box(parts[2:], where))
-    val_files = [os.path.join(root, 'val', 'images', f) for f in val]
-    missing = [f for f in val_files if not os.path.isfile(f)]
-    if missing:
-        raise CamjaxError(f'{ann_path}: {len(missing)} listed image(s) do not exist, '
-                          f'e.g. {missing[0]}')
-    if not files or not val_files:
+        with problems.catch(split):
+            if len(parts) != 6:
+                raise DataProblem(BAD_LINE, f'{where}: expected file wnid x0 y0 x1 y1, got '
+                                  f'{parts}')
+            if parts[1] not in label_of:  # a class left out of wnids.txt: a subset
+                continue
+            file = os.path.join(root, 'val', 'images', parts[0])
+            if file not in val and not os.path.isfile(file):
+                raise DataProblem(MISSING_FILE, f'{where}: the listed image does not exist: '
+                                  f'{file}')
+            label, file_boxes = val.setdefault(file, (label_of[parts[1]], []))
+            if label != label_of[parts[1]]:
+                raise DataProblem(BAD_LINE, f'{where}: {parts[0]} was listed with another '
+                                  'class before')
+            file_boxes.append((check_box(parts[2:], where), where))
+    return val
+
+
+def list_tinyimagenet(arg, cfg, problems: Problems = RAISE_FIRST):
+    # A fixed layout: train/ is the train split, the labelled val/ the test split.
+    root = tinyimagenet_root(arg)
+    wnids = sorted({p[0] for _, p in _read_lines(os.path.join(root, 'wnids.txt'))})
+    label_of = {w: i for i, w in enumerate(wnids)}
+    files, labels, per_file = [], [], {}
+    for label, wnid in enumerate(wnids):
+        with problems.catch(cfg.train_split):
+            class_files, class_boxes = _tiny_train_class(root, wnid, problems, cfg.train_split)
+            files += class_files
+            labels += [label] * len(class_files)
+            per_file.update(class_boxes)
+    val = _tiny_val(root, label_of, problems, cfg.test_split)
+    if not files or not val:
         raise CamjaxError(f'tinyimagenet {root!r} has no {"train" if not files else "val"} images')
-    test = Listing(val_files, np.asarray([lb for lb, _ in val.values()]),
-                   [np.stack(b) for _, b in val.values()])
-    return Listing(files, np.asarray(labels), boxes), test, _class_names(root, wnids), False
+    train_boxes = boxes_inside_images(per_file, problems, cfg.train_split)
+    val_boxes = boxes_inside_images({f: b for f, (_, b) in val.items()}, problems,
+                                    cfg.test_split)
+    train = Listing(files, np.asarray(labels), _stack_boxes(train_boxes, files))
+    test = Listing(list(val), np.asarray([label for label, _ in val.values()]),
+                   _stack_boxes(val_boxes, list(val)))
+    return train, test, _class_names(root, wnids), False
+
+
+LISTERS = {'imagefolder': list_imagefolder, 'attrfolder': list_attrfolder,
+           'tinyimagenet': list_tinyimagenet}

@@ -5,10 +5,16 @@ Each process reads its own share of a split (see sources.py), batches
 global jax.Array with `jax.make_array_from_process_local_data`.
 
 Training batches: {'image': uint8 (B,S,S,3), 'label'}. Eval batches add
-'mask' (0 on padding) and, when the source has ground-truth boxes, 'bbox':
-int32 (B, dataset.max_boxes, 4) rows (x0, y0, x1, y1), inclusive pixel indices
-in the model input resolution S = dataset.image_size, -1 rows for padding
-(boxes.py).
+'mask' (0 on padding and on replaced images) and, when the source has
+ground-truth boxes, 'bbox': int32 (B, dataset.max_boxes, 4) rows (x0, y0, x1,
+y1), inclusive pixel indices in the model input resolution S =
+dataset.image_size, -1 rows for padding (boxes.py).
+
+Images that could not be decoded and were replaced (dataset.on_bad_image=
+'skip', folders.ImageFolderSource) travel as a per-example 'bad_image' flag
+through grain's reader threads; the batch iterators take it out of each batch
+before it goes to the devices and add it up on the host in `bad_images`
+(this process's count, no device sync).
 """
 
 import math
@@ -31,17 +37,46 @@ def _label(label):
     return np.int32(label) if np.ndim(label) == 0 else np.asarray(label, np.float32)
 
 
+def _bad_image(example) -> np.uint8:
+    """1 for an example whose undecodable image was replaced, else 0 (sources
+    without the flag never replace)."""
+    return np.uint8(example.get('bad_image', 0))
+
+
+def _take_bad_images(local_batch: dict) -> int:
+    """Removes the batch's 'bad_image' flags and returns how many are set."""
+    return int(np.sum(local_batch.pop('bad_image')))
+
+
 def _read_options(cfg):
     return grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch)
 
 
-class TrainBatches:
+class _GlobalBatches:
+    """Iterates grain's per-process batches as global ones, taking out and
+    counting their 'bad_image' flags on the way (`bad_images`)."""
+
+    def __init__(self, iterator, sharding):
+        self._iterator, self._sharding = iterator, sharding
+        self.bad_images = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self._iterator)
+        self.bad_images += _take_bad_images(batch)
+        return _global(batch, self._sharding)
+
+
+class TrainBatches(_GlobalBatches):
     """Endless, seeded, augmented global training batches.
 
     Shuffled with a new order every epoch; augmentation randomness is a
     function of (seed, position), so the stream is a pure function of the seed
     and `get_state()` -- a small dict saved with each checkpoint -- restores it
-    exactly.
+    exactly. `bad_images`: how many images of the batches yielded since this
+    iterator was created or restored were undecodable and replaced.
     """
 
     def __init__(self, source, *, cfg, global_batch: int, seed: int, sharding):
@@ -50,58 +85,61 @@ class TrainBatches:
         def augment(example, rng):
             image = to_rgb(example['image'], cfg.image_size)
             image = random_crop_flip(image, rng, padding=cfg.crop_padding, flip=cfg.random_flip)
-            return {'image': image, 'label': _label(example['label'])}
+            return {'image': image, 'label': _label(example['label']),
+                    'bad_image': _bad_image(example)}
 
         dataset = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
                    .random_map(augment).batch(local_batch, drop_remainder=True))
-        self._iterator = iter(dataset.to_iter_dataset(_read_options(cfg)))
-        self._sharding = sharding
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        return _global(next(self._iterator), self._sharding)
+        super().__init__(iter(dataset.to_iter_dataset(_read_options(cfg))), sharding)
 
     def get_state(self) -> dict:
         return self._iterator.get_state()
 
     def set_state(self, state: dict) -> None:
         self._iterator.set_state(state)
+        self.bad_images = 0
 
 
-def eval_batches(source, *, cfg, global_batch: int, global_size: int, sharding):
+class EvalBatches(_GlobalBatches):
     """Every example of `source` exactly once, in order, as global batches with a
-    'mask' that is 0 on padding. All processes yield the same number of batches,
-    as a collective step over the mesh requires."""
-    process_count = jax.process_count()
-    local_batch = global_batch // process_count
-    num_batches = math.ceil(math.ceil(global_size / process_count) / local_batch)
-    size = len(source)
-    pad = {'image': np.zeros((cfg.image_size, cfg.image_size, 3), np.uint8),
-           'label': np.zeros_like(_label(source[0]['label'])) if size else np.int32(0),
-           'mask': np.float32(0)}
-    # An attribute, not a peek at an example, so that every process agrees
-    # even where its share is empty.
-    has_boxes = getattr(source, 'has_boxes', None)
-    if has_boxes is None:
-        has_boxes = bool(size) and 'boxes' in source[0]
-    if has_boxes:
-        pad['bbox'] = np.full((cfg.max_boxes, 4), -1, np.int32)
+    'mask' that is 0 on padding and on replaced undecodable images, which so
+    count in no metric. All processes yield the same number of batches, as a
+    collective step over the mesh requires. `bad_images`: how many replaced
+    images the batches yielded so far held."""
 
-    def load(index):
-        if index >= size:
-            return pad
-        example = source[index]
-        out = {'image': to_rgb(example['image'], cfg.image_size),
-               'label': _label(example['label']), 'mask': np.float32(1)}
+    def __init__(self, source, *, cfg, global_batch: int, global_size: int, sharding):
+        process_count = jax.process_count()
+        local_batch = global_batch // process_count
+        num_batches = math.ceil(math.ceil(global_size / process_count) / local_batch)
+        size = len(source)
+        pad = {'image': np.zeros((cfg.image_size, cfg.image_size, 3), np.uint8),
+               'label': np.zeros_like(_label(source[0]['label'])) if size else np.int32(0),
+               'mask': np.float32(0), 'bad_image': np.uint8(0)}
+        # An attribute, not a peek at an example, so that every process agrees
+        # even where its share is empty.
+        has_boxes = getattr(source, 'has_boxes', None)
+        if has_boxes is None:
+            has_boxes = bool(size) and 'boxes' in source[0]
         if has_boxes:
-            h, w = np.shape(example['image'])[:2]
-            out['bbox'] = padded_boxes(example['boxes'], height=h, width=w,
-                                       size=cfg.image_size, max_boxes=cfg.max_boxes)
-        return out
+            pad['bbox'] = np.full((cfg.max_boxes, 4), -1, np.int32)
 
-    dataset = (grain.MapDataset.range(num_batches * local_batch).map(load)
-               .batch(local_batch))
-    for batch in dataset.to_iter_dataset(_read_options(cfg)):
-        yield _global(batch, sharding)
+        def load(index):
+            if index >= size:
+                return pad
+            example = source[index]
+            bad = _bad_image(example)
+            out = {'image': to_rgb(example['image'], cfg.image_size),
+                   'label': _label(example['label']), 'mask': np.float32(1 - bad),
+                   'bad_image': bad}
+            if has_boxes:
+                h, w = np.shape(example['image'])[:2]
+                out['bbox'] = padded_boxes(example['boxes'], height=h, width=w,
+                                           size=cfg.image_size, max_boxes=cfg.max_boxes)
+            return out
+
+        dataset = (grain.MapDataset.range(num_batches * local_batch).map(load)
+                   .batch(local_batch))
+        super().__init__(iter(dataset.to_iter_dataset(_read_options(cfg))), sharding)
+
+
+eval_batches = EvalBatches  # the name the loops call it by

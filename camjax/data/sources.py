@@ -20,7 +20,8 @@ Kinds (dataset.name):
 
   Each CSV has a header ``image,<attr1>,<attr2>,...`` (the 'image' column may
   be anywhere) and rows ``relative/path.jpg,0,1,...``: a path relative to
-  ``<dir>/images`` and one 0/1 value per attribute. Train and test list the
+  ``<dir>/images`` (neither absolute nor leaving it) and one 0/1 value per
+  attribute. Train and test list the
   same attribute columns in the same order; they are the class names.
 * 'tinyimagenet:<dir>': the Tiny ImageNet (CS231n) layout, ``<dir>`` being
   the tiny-imagenet-200 folder (or its parent): ``wnids.txt``, ``words.txt``,
@@ -41,7 +42,13 @@ directory, lines ``relative/path,x0,y0,x1,y1`` (path relative to the split
 directory, several lines per image allowed, images without a line have no
 box, optional header ``image,x0,y0,x1,y1``, '#' comments). The test split's
 file must exist; the train split's is optional (validation has boxes only
-with it).
+with it). Every box must lie inside its image (checked against the image
+header when the dataset is opened).
+
+Bad data (problems.py): opening a file-based dataset stops at its first
+problem, naming the file (and line); `--mode=check` (check.py) lists them
+all. dataset.on_bad_image='skip' replaces an undecodable image instead
+(folders.ImageFolderSource).
 
 Label noise (dataset.label_noise, noise.py) corrupts the training part only,
 after the validation carve; Splits.train_label_noise records it.
@@ -306,7 +313,8 @@ def _file_splits(train, test, class_names, multilabel, cfg, process_index, proce
     def shard(listing, idx, labels):
         pos = np.arange(len(idx))[process_index::process_count]
         boxes = None if listing.boxes is None else [listing.boxes[i] for i in idx[pos]]
-        return ImageFolderSource([listing.files[i] for i in idx[pos]], labels[pos], boxes)
+        return ImageFolderSource([listing.files[i] for i in idx[pos]], labels[pos], boxes,
+                                 on_bad_image=cfg.on_bad_image)
 
     test_idx = np.arange(len(test.files))
     return Splits(
@@ -320,15 +328,11 @@ def _file_splits(train, test, class_names, multilabel, cfg, process_index, proce
         train_label_noise=noise)
 
 
-_LISTERS = {'imagefolder': folders.list_imagefolder, 'attrfolder': folders.list_attrfolder,
-            'tinyimagenet': folders.list_tinyimagenet}
-
-
 def open_splits(cfg, *, process_index: int = 0, process_count: int = 1) -> Splits:
     """Open this process's share of the train / val / test splits of `cfg.name`."""
     kind, arg = parse_dataset_name(cfg.name)
-    if kind in _LISTERS:
-        train, test, class_names, multilabel = _LISTERS[kind](arg, cfg)
+    if kind in folders.LISTERS:
+        train, test, class_names, multilabel = folders.LISTERS[kind](arg, cfg)
         return _file_splits(train, test, class_names, multilabel, cfg, process_index,
                             process_count)
     data_dir = cfg.data_dir or default_data_dir()
