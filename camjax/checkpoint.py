@@ -57,7 +57,14 @@ class Checkpointer:
         self._best = _manager(os.path.join(workdir, BEST_DIR), 1)
 
     def save(self, step: int, state, *, meta: dict, data_state: dict) -> None:
+        # `meta` may name a best step whose save is still in flight: finish it
+        # first, so a completed save never refers to a best save a kill lost.
+        self._best.wait_until_finished()
         self._latest.save(step, args=_save_args(state, meta, data_state), force=True)
+
+    def latest_step(self) -> int | None:
+        """The newest save's step (None before the first)."""
+        return self._latest.latest_step()
 
     def save_best(self, step: int, state, *, meta: dict) -> None:
         if step in self._best.all_steps():
