@@ -79,7 +79,7 @@ def main():
         cfg = ml_collections.ConfigDict(base_config().refine.to_dict())
         cfg.variant = variant
         steps[variant] = (refine.make_linr_step(model, tx, cfg, seed=0, mesh=mesh,
-                                                multilabel=False, **NORM), images)
+                                                multilabel=False, **NORM), batch)
     runners, flops = {}, {}
     for name, (step_fn, arg) in steps.items():
         t0 = time.perf_counter()

@@ -1,19 +1,22 @@
 """camjax command line: `python -m camjax.main --config=configs/<name>.py
 [--workdir=DIR] [--config.field=value ...]`.
 
-Parses and validates the config, opens the data, writes `config.json` into the
-workdir (default runs/<config stem>), then runs `config.mode`. Any problem the
-user can fix is one line on stderr and exit status 2, before anything is
-written.
+Parses and validates the config, opens the data, takes the workdir's lock,
+writes `config.json` into the workdir (default runs/<config stem>), then runs
+`config.mode`. Exit status: 0 done, or stopped by SIGTERM after saving (130
+for SIGINT; rerun the same command to resume); 1 --mode=check found problems
+in the data; 2 a problem the user can fix (one line on stderr, before
+anything is written); 3 the run went non-finite and stopped.
 """
 
 import os
+import shlex
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from camjax.config.schema import base_config
+from camjax.config.schema import MODES, base_config
 from camjax.errors import CamjaxError, ConfigError
 from camjax.rundir import RunDir
 
@@ -21,13 +24,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
                                 lock_config=False)
 flags.DEFINE_string('workdir', None, 'Run directory; defaults to runs/<config stem>.')
-flags.DEFINE_enum('mode', None, ['train', 'refine', 'sweep', 'eval', 'analyze'],
+flags.DEFINE_enum('mode', None, list(MODES),
                   'Overrides config.mode. --mode=eval --workdir=DIR needs no --config: it '
-                  "evaluates the run in DIR by its own config.json.")
-config_flags.DEFINE_config_dict('evaluation', base_config().evaluation,
-                                'Evaluation settings for --mode=eval / analyze, e.g. '
-                                '--evaluation.split=val (also --config.evaluation.*).',
-                                lock_config=False)
+                  "evaluates the run in DIR by its own config.json. --mode=check scans the "
+                  'dataset and reports what is wrong with it, writing nothing.')
+NONFINITE_EXIT_STATUS = 3  # the run diverged: distinct from 2, bad input
 
 
 def fail(message: str) -> None:
@@ -35,17 +36,95 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def _one_line(text: str) -> str:
+def _one_line(text) -> str:
+    """`text`, or an exception's message, as one line. str() of a KeyError
+    (also one wrapped in another exception) is the repr of its message:
+    quotes and literal \\n; the message itself is used."""
+    if isinstance(text, BaseException) and len(text.args) == 1 and (
+            isinstance(text, KeyError) or isinstance(text.args[0], BaseException)):
+        return _one_line(text.args[0])
     return ' '.join(str(text).split())
 
 
-def parse_flags(argv):
+def _define_evaluation_flag() -> None:
+    """--evaluation.*: ml_collections applies these overrides from sys.argv
+    while the flag is defined, so an unknown field fails here, at import."""
+    evaluation = base_config().evaluation
     try:
-        return FLAGS(argv)
+        config_flags.DEFINE_config_dict('evaluation', evaluation,
+                                        'Evaluation settings for --mode=eval / analyze, e.g. '
+                                        '--evaluation.split=val (also --config.evaluation.*).',
+                                        lock_config=False)
+    except (AttributeError, KeyError, TypeError) as e:
+        from ml_collections import ConfigDict
+
+        from camjax.config.schema import override_problem
+        config = ConfigDict({'evaluation': evaluation})
+        problems = [override_problem(config, arg[2:].split('=')[0]) for arg in sys.argv[1:]
+                    if arg.startswith('--evaluation.')]
+        fail(f'bad flag: {next(filter(None, problems), None) or _one_line(e)}')
+
+
+_define_evaluation_flag()
+
+
+def parse_flags(argv):
+    from ml_collections import ConfigDict
+    try:
+        remaining = FLAGS(argv)
     except flags.Error as e:
         fail(f'bad flag: {_one_line(e)}')
+    except ConfigError as e:  # a config file's own check, e.g. an unknown variant
+        fail(f'config: {e}')
     except Exception as e:  # config files may raise anything while loading  # noqa: BLE001
-        fail(f'could not load config: {type(e).__name__}: {_one_line(e)}')
+        fail(_load_failure(argv, e))
+    config = FLAGS['config'].value
+    if config is not None and not isinstance(config, ConfigDict):
+        # An unreadable file loads as a stand-in that raises on first use.
+        fail(_load_failure(argv, None))
+    return remaining
+
+
+def _config_arg(argv) -> str | None:
+    """The last --config value on the command line (`--config=X` or `--config X`)."""
+    import re
+    value = None
+    for i, arg in enumerate(argv):
+        match = re.match(r'--?config(?:=(.*))?$', arg)
+        if match:
+            value = match.group(1) if match.group(1) is not None else (
+                argv[i + 1] if i + 1 < len(argv) else None)
+    return value
+
+
+def _load_failure(argv, error) -> str:
+    """The one-line message for a --config that did not load: a missing
+    file, an override naming no field of it (ml_collections raises an
+    AttributeError or KeyError then), or what the file raised (`error`;
+    None: it returned no ConfigDict)."""
+    import re
+
+    from ml_collections import ConfigDict
+
+    from camjax.config.schema import override_problem
+    arg = _config_arg(argv)
+    path = arg.partition(':')[0] if arg else None
+    if path is not None and not os.path.isfile(path):
+        return f'--config: config file {path!r} does not exist'
+    if isinstance(error, (AttributeError, KeyError)):
+        try:
+            config = FLAGS['config'].parser.parse(arg)
+        except Exception:  # noqa: BLE001 -- then the original error is the news
+            config = None
+        if isinstance(config, ConfigDict):
+            for arg_i in argv:
+                match = re.match(r'--?(?:no)?config\.([^=]+)', arg_i)
+                problem = match and override_problem(config, match.group(1))
+                if problem:
+                    return f'config: {problem}'
+    if error is None:
+        return f'--config: {arg!r} did not give a config (get_config() must return a ConfigDict)'
+    return f'could not load config {arg!r}: {type(error).__name__}: {_one_line(error)}'
 
 
 def default_workdir(config_arg: str) -> str:
@@ -61,7 +140,7 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
     that contradicts the trained run's saved config is refused."""
     import jax
 
-    from camjax import objectives, parallel
+    from camjax import lock, objectives, parallel
     from camjax.config import preflight
     from camjax.config import saved as saved_config
     from camjax.config import schema as config_schema
@@ -77,7 +156,13 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
         config.evaluation = evaluation
         _note_ignored(ignored, f'{workdir}/config.json')
     config_schema.validate(config, num_devices=jax.device_count())
+    if jax.process_index() == 0 and config.mode != 'check':
+        lock.check_free(workdir)  # before the data is opened, which can take long
     preflight.check_paths(config)
+    if config.mode == 'check':  # scans the data and reports; writes nothing
+        from camjax.data.check import check_dataset
+        problems = check_dataset(config.dataset)
+        sys.exit(1 if problems else 0)
     if config.mode in ('refine', 'sweep'):
         config, ignored = saved_config.refine_config(config, explicit=explicit)
         _note_ignored(ignored, f'{config.train.init_from}/config.json')
@@ -91,9 +176,10 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
         if jax.process_index() == 0:
             for line in describe_splits(splits, config.dataset):
                 print(f'data {line}', flush=True)
-    if config.mode != 'eval':
-        RunDir(workdir).create(config)
-    run_mode(config, workdir, splits)
+    with lock.held(workdir, writer=jax.process_index() == 0):  # one run per workdir
+        if config.mode != 'eval':
+            RunDir(workdir).create(config)
+        run_mode(config, workdir, splits)
 
 
 def _note_ignored(paths: list[str], source: str) -> None:
@@ -140,14 +226,29 @@ def command_line_config():
     return config, workdir, explicit
 
 
+def resume_command() -> str:
+    """This invocation, as the command that resumes it."""
+    return shlex.join(['python', '-m', 'camjax.main', *sys.argv[1:]])
+
+
 def main(argv):
     # Orbax and grain log every save/restore at INFO; progress lines are ours.
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    from camjax.training.interrupt import EXIT_STATUS, Stopped, StopSignals
+    from camjax.training.nonfinite import NonFiniteError
     try:
         config, workdir, explicit = command_line_config()
-        run(config, workdir, explicit=explicit)
+        with StopSignals(before_jax=True):  # from here on a signal stops training, saving
+            run(config, workdir, explicit=explicit)
+    except Stopped as e:
+        print(f'camjax: {e}, after saving a checkpoint; resume with: {resume_command()}',
+              file=sys.stderr, flush=True)
+        sys.exit(EXIT_STATUS[e.signal_name])
+    except NonFiniteError as e:
+        print(f'camjax: error: {e}', file=sys.stderr, flush=True)
+        sys.exit(NONFINITE_EXIT_STATUS)
     except ConfigError as e:
         fail(f'config: {e}')
     except CamjaxError as e:

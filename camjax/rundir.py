@@ -43,15 +43,29 @@ def _tuples(value):
     return value
 
 
-def differences(old, new, prefix: str = '') -> list[str]:
-    """Every differing leaf of two config dicts, as 'a.b: old -> new'."""
+# Fields an existing run accepts new values for (to train longer, log or save
+# more often, read faster, get past a corrupt image that stopped it);
+# evaluation.* only configures mode=eval / analyze.
+SAFE_TO_CHANGE = ('train.num_steps', 'train.num_epochs', 'train.log_every',
+                  'train.eval_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+                  'dataset.num_threads', 'dataset.prefetch', 'dataset.on_bad_image',
+                  'evaluation.')
+
+
+def differences(old, new, prefix: str = '') -> dict:
+    """Every differing leaf of two config dicts: {'a.b': (old, new)}."""
     if isinstance(old, dict) and isinstance(new, dict):
-        out = []
+        out = {}
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
-                out.extend(differences(old.get(key), new.get(key), f'{prefix}{key}.'))
+                out.update(differences(old.get(key), new.get(key), f'{prefix}{key}.'))
         return out
-    return [f'{prefix.rstrip(".")}: {old!r} -> {new!r}']
+    return {prefix.rstrip('.'): (old, new)}
+
+
+def _safe_to_change(field: str) -> bool:
+    return any(field == safe or (safe.endswith('.') and field.startswith(safe))
+               for safe in SAFE_TO_CHANGE)
 
 
 class RunDir:
@@ -91,16 +105,28 @@ class RunDir:
     def create(self, config) -> None:
         """Write config.json, or check that the run here has the same config.
         A different one is refused naming every differing field, so no
-        earlier run's files are overwritten."""
+        earlier run's files are overwritten, unless every difference is in
+        SAFE_TO_CHANGE: then config.json takes the new values and a
+        'config_change' record in metrics.jsonl says which (it has no step,
+        so it survives the rewind of a resume)."""
         saved = self.saved_config()
         new = config_to_dict(config)
         if saved is not None:
             diffs = differences(config_to_dict(saved), new)
-            if diffs:
+            unsafe = [f'{k}: {old!r} -> {value!r}' for k, (old, value) in diffs.items()
+                      if not _safe_to_change(k)]
+            if unsafe:
                 raise CamjaxError(f'{self.path} holds a run with a different config '
-                                  f'({"; ".join(diffs)}); rerun with the same config to '
+                                  f'({"; ".join(unsafe)}); rerun with the same config to '
                                   'resume, or pick another --workdir')
-            return
+            if not diffs:
+                return
+            self.append({'kind': 'config_change',
+                         'changes': {k: list(v) for k, v in diffs.items()}})
+            if self.is_writer:
+                    print(f'camjax: {self.path}: changing ' + ', '.join(
+                    f'{k} {old!r} -> {value!r}' for k, (old, value) in diffs.items()),
+                    flush=True)
         self.write_json(CONFIG, new, sort_keys=True)
 
     # -- metrics.jsonl -------------------------------------------------------
@@ -126,7 +152,8 @@ class RunDir:
             raise CamjaxError(f'{self.file(METRICS)} is damaged ({e})') from None
 
     def rewind(self, step: int) -> None:
-        """Drop the records of steps after `step` (and a torn last line): a
+        """Drop the records of steps after `step` (and a torn last line; records
+        without a step, such as 'config_change', stay): a
         run resuming from its step-`step` checkpoint replays them, so
         metrics.jsonl of a killed and resumed run equals an uninterrupted
         one's (plus 'resume' markers)."""
@@ -135,23 +162,26 @@ class RunDir:
         with open(self.file(METRICS)) as f:
             torn = not f.read().endswith('\n')
         records = self.records()
-        kept = [r for r in records if r.get('step', 0) <= step]
+        kept = [r for r in records if 'step' not in r or r['step'] <= step]  # config_change
         if len(kept) != len(records) or torn:
             self._write_atomic(METRICS, ''.join(json.dumps(r) + '\n' for r in kept))
 
     # -- label_stats.json ------------------------------------------------------
-    def positive_rate(self, splits):
+    def positive_rate(self, splits, *, record: bool = True):
         """Multi-label runs: the training split's positive rates (K,) float32,
         computed once and kept in label_stats.json, so a resumed run and its
-        evaluations use the same. None for single-label data."""
+        evaluations use the same. None for single-label data. `record=False`
+        (evaluating a run, which must not change it) computes them when the
+        run has no label_stats.json, and writes nothing."""
         if not splits.multilabel:
             return None
         if self.exists(LABEL_STATS):
             rate = self.read_json(LABEL_STATS)['positive_rate']
         else:
             rate = [float(r) for r in splits.positive_rate]
-            self.write_json(LABEL_STATS, {'positive_rate': rate,
-                                          'class_names': list(splits.class_names)})
+            if record:
+                self.write_json(LABEL_STATS, {'positive_rate': rate,
+                                              'class_names': list(splits.class_names)})
         return np.asarray(rate, np.float32)
 
     # -- other files -----------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'bench'))  # tests reuse bench/fault_injection.py
 
 # One persistent XLA compilation cache for the whole session, shared by the
 # CLI subprocesses (they inherit the environment): the suite compiles the same
@@ -58,6 +59,23 @@ def comparable_records(workdir):
     from camjax.rundir import read_records
     return [{k: v for k, v in r.items() if k != 'images_per_s'}
             for r in read_records(str(workdir)) if r['kind'] != 'resume']
+
+
+class StopAt:
+    """In place of `camjax.training.interrupt.StopSignals`: as if SIGTERM
+    arrived during step `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def requested(self, step):
+        return 'SIGTERM' if step >= self.step else None
 
 
 def run_cli(*args, env=None, timeout=600):

@@ -71,14 +71,29 @@ def test_topk_matches_a_stable_numpy_sort():
 
 
 def test_diverged_training_is_not_reported_accurate(tmp_path):
-    """Table row: learning_rate=1e8 made the loss NaN and val accuracy 1.0."""
+    """Table row: learning_rate=1e8 made the loss NaN and val accuracy 1.0.
+    Now the NaN guard stops such a run; and the loop's own evaluator, given
+    the diverged (NaN) weights, reports accuracy 0 and a NaN loss."""
+    import jax
     from conftest import small_config
 
     from camjax.data import open_splits
+    from camjax.training import nonfinite
+    from camjax.training.loop import RunParts
     from camjax.training.train import train_and_evaluate
 
     config = small_config(**{'optimizer.learning_rate': 1e8, 'train.num_steps': 4})
     splits = open_splits(config.dataset, process_index=0, process_count=1)
-    _, record = train_and_evaluate(config, str(tmp_path), splits)
-    assert math.isnan(record['test']['loss'])
-    assert record['test']['accuracy'] == 0.0
+    with pytest.raises(nonfinite.NonFiniteError):
+        train_and_evaluate(config, str(tmp_path / 'diverged'), splits)
+    parts = RunParts(config, str(tmp_path / 'eval'), splits)
+    try:
+        from camjax.training.state import init_state
+        state = init_state(parts.model, lambda params: (), seed=0,
+                           image_size=config.dataset.image_size, mesh=parts.mesh)
+        state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+        record = parts.evaluate_split(state, 'test')
+    finally:
+        parts.close()
+    assert math.isnan(record['loss'])
+    assert record['accuracy'] == 0.0

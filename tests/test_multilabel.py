@@ -80,6 +80,15 @@ def test_weighted_sce_with_hnc_trains_and_stores_positive_rate(coco_config, tmp_
     assert final['count'] == 32 and 0.0 <= final['accuracy'] <= 1.0
     assert 'top5_accuracy' not in final and len(final['per_class_accuracy']) == 4
     assert np.isfinite(final['loss/hnc_kd']) and final['loss/weighted_sigmoid_ce'] > 0
+    # Evaluating a run (analyze does so for every compared run) writes only
+    # under its eval/: a run without label_stats.json is not given one.
+    from camjax.evaluation.evaluate import evaluate_run
+    (tmp_path / 'label_stats.json').unlink()
+    evaluation = coco_config.evaluation.copy_and_resolve_references()
+    evaluation.fgsm_eps = ()
+    results = evaluate_run(str(tmp_path), evaluation, splits=splits, write=False)
+    assert np.isfinite(results['multilabel']['loss'])
+    assert not (tmp_path / 'label_stats.json').exists()
 
 
 def test_classification_term_must_match_the_labels():

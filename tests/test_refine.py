@@ -10,11 +10,14 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 import pytest
-from conftest import comparable_records, run_cli, small_config
+from conftest import StopAt, comparable_records, run_cli, small_config
 
 from camjax.analysis.sweep import sweet_point
+from camjax.checkpoint import saved_steps
 from camjax.data import open_splits
 from camjax.rundir import read_records
+from camjax.training import refine as refine_module
+from camjax.training.interrupt import Stopped
 from camjax.training.refine import refine, sweep
 from camjax.training.train import train_and_evaluate
 
@@ -93,7 +96,7 @@ def test_linrnl_never_reads_labels(base, tmp_path):
     assert int(unlabeled.step) == 4
 
 
-def test_refine_resumes_mid_round_at_the_same_phase(base, tmp_path):
+def test_refine_resumes_mid_round_at_the_same_phase(base, tmp_path, monkeypatch):
     base_dir, splits, _ = base
     config = refine_config(base_dir, **{'train.checkpoint_every': 1})
     full, _ = refine(config, str(tmp_path / 'full'), splits)
@@ -108,6 +111,20 @@ def test_refine_resumes_mid_round_at_the_same_phase(base, tmp_path):
     assert [r['round'] for r in records if r['kind'] == 'eval'] == [0, 1, 2]
     # metrics.jsonl equals the uninterrupted run's in every number but images/s.
     assert comparable_records(killed) == comparable_records(str(tmp_path / 'full'))
+
+    # A stop request (SIGTERM) in round 2's first classification step saves
+    # that step, although no save is due there, and the rerun resumes it.
+    stopped = str(tmp_path / 'stopped')
+    sparse = refine_config(base_dir, **{'train.checkpoint_every': 0})
+    with monkeypatch.context() as m:
+        m.setattr(refine_module, 'StopSignals', lambda: StopAt(6))
+        with pytest.raises(Stopped, match='stopped by SIGTERM at step 6'):
+            refine(sparse, stopped, splits)
+    assert saved_steps(stopped)[-1] == 6
+    resumed, _ = refine(sparse, stopped, splits)
+    for a, b in zip(_leaves(full.params), _leaves(resumed.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert comparable_records(stopped) == comparable_records(str(tmp_path / 'full'))
 
 
 def test_sweep_refines_every_saved_checkpoint(base, tmp_path):

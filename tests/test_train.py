@@ -5,11 +5,14 @@ import os
 
 import jax
 import numpy as np
-from conftest import comparable_records, run_on_cpu_devices, small_config
+import pytest
+from conftest import StopAt, comparable_records, run_on_cpu_devices, small_config
 
-from camjax.checkpoint import restore_model_variables
+from camjax.checkpoint import restore_model_variables, saved_steps
 from camjax.data import open_splits
 from camjax.rundir import read_records
+from camjax.training import train
+from camjax.training.interrupt import Stopped
 from camjax.training.train import train_and_evaluate
 
 DATA_PARALLEL_SCRIPT = r'''
@@ -64,14 +67,20 @@ def _train_records(workdir):
     return [(r['step'], r['loss']) for r in read_records(workdir) if r['kind'] == 'train']
 
 
-def test_resume_is_bit_identical(tmp_path):
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
     # log windows of 3 steps and checkpoints every 2: the kill after step 5
     # resumes from step 4, inside the window of steps 4-6 (issue 9's table:
     # the first window after a resume was divided by log_every).
     config = small_config(**{'train.num_steps': 10, 'train.log_every': 3,
-                             'train.checkpoint_every': 2, 'train.eval_every': 5})
+                             'train.checkpoint_every': 2, 'train.eval_every': 5,
+                             'dataset.num_threads': 2})
     splits = open_splits(config.dataset)
     straight, _ = train_and_evaluate(config, str(tmp_path / 'straight'), splits)
+    # Determinism: the same config and seed again (2 reader threads) is the same run.
+    twice, _ = train_and_evaluate(config, str(tmp_path / 'twice'), splits)
+    for field in ('params', 'batch_stats', 'opt_state'):
+        assert _tree_equal(getattr(twice, field), getattr(straight, field)), field
+    assert comparable_records(tmp_path / 'twice') == comparable_records(tmp_path / 'straight')
 
     interrupted = str(tmp_path / 'interrupted')
     partial, _ = train_and_evaluate(config, interrupted, splits, stop_after_steps=5)
@@ -92,6 +101,19 @@ def test_resume_is_bit_identical(tmp_path):
     again, _ = train_and_evaluate(config, interrupted, splits)
     assert _tree_equal(again.params, straight.params)
     assert comparable_records(interrupted) == want
+
+    # A stop request (SIGTERM) during step 7 saves step 7, off the schedule.
+    stopped = str(tmp_path / 'stopped')
+    with monkeypatch.context() as m:
+        m.setattr(train, 'StopSignals', lambda: StopAt(7))
+        with pytest.raises(Stopped) as info:
+            train_and_evaluate(config, stopped, splits)
+    assert (info.value.signal_name, info.value.step) == ('SIGTERM', 7)
+    assert saved_steps(stopped)[-2:] == [6, 7]
+    assert not os.path.exists(os.path.join(stopped, 'lock'))  # the lock was let go
+    resumed, _ = train_and_evaluate(config, stopped, splits)
+    assert _tree_equal(resumed.params, straight.params)
+    assert comparable_records(stopped) == want
 
 
 def test_linear_model_early_stops_and_keeps_best(tmp_path):

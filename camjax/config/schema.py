@@ -8,14 +8,16 @@ divisible by the device count. Every failure is a ConfigError naming the field.
 """
 
 import ast
+import difflib
 
 import ml_collections
 
 from camjax.errors import ConfigError
 
-MODES = ('train', 'refine', 'sweep', 'eval', 'analyze')
+MODES = ('train', 'refine', 'sweep', 'eval', 'analyze', 'check')
 LINR_VARIANTS = ('linr', 'linrc', 'linrnl', 'linrnm')
 BATCHNORM_MODES = ('running', 'batch')
+BAD_IMAGE_POLICIES = ('error', 'skip')
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step')
 # Validation metrics that can pick the best checkpoint, and which way is better.
@@ -56,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.std = (0.25, 0.25, 0.25)
     d.num_threads = 2             # grain reader threads per process
     d.prefetch = 4                # batches prefetched per process
+    d.on_bad_image = 'error'      # an undecodable image: 'error' names the file; 'skip'
+    #                               replaces it deterministically and counts it
     d.synthetic = ml_collections.ConfigDict(dict(num_train=5000, num_test=1000, seed=0))
 
     # model.name picks the registry entry; every other key is that model's own field.
@@ -75,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.eval_every = 0              # steps; 0 -> once per epoch
     t.checkpoint_every = 0        # steps; 0 -> once per epoch
     t.keep_checkpoints = 3
+    t.skip_nonfinite_updates = False  # True: a step with a non-finite loss or update is
+    #                                   skipped and counted; False: the run stops
     t.early_stopping_patience = 0  # evals without val improvement before stopping; 0 disables
     t.selection_metric = 'accuracy'  # val metric picking the best checkpoint: accuracy |
     #                                  top5_accuracy (higher is better) | loss | loss/<term> (lower)
@@ -153,13 +159,67 @@ def _type_ok(value, default) -> bool:
     return isinstance(value, type(default))
 
 
+def config_paths(config, prefix='') -> list[str]:
+    """Every dotted field path of `config`, groups included, and for
+    `model` the fields of the model it names."""
+    paths = []
+    for key, value in config.items():
+        path = _path(prefix, key)
+        paths.append(path)
+        if path == 'model' and isinstance(value, (ml_collections.ConfigDict, dict)):
+            paths += [f'model.{f}' for f in sorted(_model_defaults(value.get('name')) or value)]
+        elif isinstance(value, (ml_collections.ConfigDict, dict)):
+            paths += config_paths(value, path)
+    return paths
+
+
+def did_you_mean(name: str, known) -> str:
+    """"; did you mean 'x'?" for the closest of `known`, or ''."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f'; did you mean {close[0]!r}?' if close else ''
+
+
+def unknown_key_message(path: str, known) -> str:
+    return f'unknown config key {path!r}{did_you_mean(path, known)}'
+
+
+def override_problem(config, path: str) -> str | None:
+    """Why `--config.<path>` names no field of `config` (the config as its
+    file built it, before the overrides), or None when it names one."""
+    if '[' in path:  # indexing into a sequence: left to ml_collections
+        return None
+    parts = path.split('.')
+    model = config.get('model')
+    if len(parts) == 2 and parts[0] == 'model' and isinstance(model, ml_collections.ConfigDict) \
+            and parts[1] not in model:
+        name = model.get('name')
+        problem = _model_key_problem(name, parts[1])
+        if problem or _model_defaults(name) is not None:
+            return problem or _unset_model_field(model, parts[1])
+    node = config
+    for i, part in enumerate(parts):
+        if not isinstance(node, (ml_collections.ConfigDict, dict)):
+            return f'{".".join(parts[:i])} is not a config group, so it has no field {part!r}'
+        if part not in node:
+            return unknown_key_message(path, config_paths(config))
+        node = node[part]
+    return None
+
+
+def _unset_model_field(model, key: str) -> str:
+    fields = ', '.join(f'{k!r}: {v!r}' for k, v in model.items())
+    return (f'model.{key} is a field of model {model.get("name")!r} that the config file does '
+            f'not set, so --config.model.{key} has nothing to override; set the whole group: '
+            f'--config.model="{{{fields}, {key!r}: <value>}}"')
+
+
 def _check_against(cfg, schema, prefix='', skip=()):
     for key in cfg.keys():
         path = _path(prefix, key)
         if key in skip:
             continue
         if key not in schema:
-            raise ConfigError(f'unknown config key {path!r}')
+            raise ConfigError(unknown_key_message(path, config_paths(base_config())))
         value, default = cfg[key], schema[key]
         if isinstance(default, ml_collections.ConfigDict):
             if not isinstance(value, (ml_collections.ConfigDict, dict)):
@@ -174,16 +234,71 @@ def _require(condition, message):
         raise ConfigError(message)
 
 
+def _bare_model(name):
+    """A bare flax Module of registered model `name` (no parameters are
+    made), or None for an unregistered name."""
+    from camjax.models import MODELS
+    if not isinstance(name, str) or name not in MODELS:
+        return None
+    return MODELS[name](num_classes=1)
+
+
+def _model_defaults(name) -> dict | None:
+    """{field: default} of registered model `name`, its registry entry's
+    bound values included (resnet8: depth=8), or None."""
+    from camjax.models import model_fields
+    module = _bare_model(name)
+    return None if module is None else {f: getattr(module, f) for f in model_fields(name)}
+
+
+def _model_key_problem(name, key: str) -> str | None:
+    """Why `key` is not a field of model `name`, or None when it is one."""
+    if key == 'num_classes':
+        return ("unknown config key 'model.num_classes': a model's class count is not "
+                'configured, it comes from the dataset (dataset.name)')
+    defaults = _model_defaults(name)
+    if defaults is None or key in defaults or key == 'name':
+        return None
+    return (f'unknown config key model.{key!r} for model {name!r} (its fields: '
+            f'{sorted(defaults)}){did_you_mean(key, defaults)}')
+
+
 def _check_model(model_cfg):
-    from camjax.models import MODELS, model_fields
+    from camjax.models import CONV_IMPLS, MODELS
+    from camjax.models.resnet import CifarResNet
     name = model_cfg.get('name')
     _require(name in MODELS,
              f'model.name={name!r} is not a registered model (choose from {sorted(MODELS)})')
-    allowed = model_fields(name)
+    defaults = _model_defaults(name)
     for key in model_cfg.keys():
-        _require(key == 'name' or key in allowed,
-                 f'unknown config key model.{key!r} for model {name!r} '
-                 f'(its fields: {sorted(allowed)})')
+        problem = _model_key_problem(name, key)
+        _require(problem is None, problem)
+        if key == 'name':
+            continue
+        value, default = model_cfg[key], defaults[key]
+        _require(_type_ok(value, default),
+                 f'model.{key} must be of type {type(default).__name__}, got {value!r}')
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0:
+            _require(value > 0, f'model.{key} must be > 0, got {value!r}')
+    fields = {**defaults, **{k: v for k, v in model_cfg.items() if k != 'name'}}
+    if 'conv_impl' in fields:
+        _require(fields['conv_impl'] in CONV_IMPLS,
+                 f"model.conv_impl={fields['conv_impl']!r} must be one of {CONV_IMPLS}")
+    if 'dtype' in fields:
+        _require(_is_float_dtype(fields['dtype']),
+                 f"model.dtype={fields['dtype']!r} must name a floating-point dtype "
+                 "('float32', 'bfloat16', 'float16')")
+    if isinstance(_bare_model(name), CifarResNet):
+        _require((fields['depth'] - 2) % 6 == 0,
+                 f"model.depth={fields['depth']} must be 6n+2 for {name!r} (a CIFAR ResNet)")
+
+
+def _is_float_dtype(name) -> bool:
+    import jax.numpy as jnp
+    try:
+        return jnp.issubdtype(jnp.dtype(name), jnp.floating)
+    except TypeError:
+        return False
 
 
 def validate(config, *, num_devices: int) -> None:
@@ -202,8 +317,10 @@ def validate(config, *, num_devices: int) -> None:
     _require(d.image_size >= 8, f'dataset.image_size must be >= 8, got {d.image_size}')
     _require(0.0 <= d.val_fraction < 1.0,
              f'dataset.val_fraction must be in [0, 1), got {d.val_fraction}')
-    _require(len(d.mean) == 3 and len(d.std) == 3 and min(d.std) > 0,
-             'dataset.mean and dataset.std must have 3 entries, std > 0')
+    for field in ('mean', 'std'):
+        _require(len(d[field]) == 3,
+                 f'dataset.{field} must have 3 entries (R, G, B), got {tuple(d[field])}')
+    _require(min(d.std) > 0, f'dataset.std must be > 0, got {tuple(d.std)}')
     kind = d.name.partition(':')[0]
     _require(d.label_noise in LABEL_NOISE_KINDS,
              f'dataset.label_noise={d.label_noise!r} must be one of {LABEL_NOISE_KINDS}')
@@ -216,7 +333,18 @@ def validate(config, *, num_devices: int) -> None:
     _require(d.crop_padding >= 0,
              f'dataset.crop_padding must be >= 0 (0 disables the random crop), '
              f'got {d.crop_padding}')
+    _require(d.on_bad_image in BAD_IMAGE_POLICIES,
+             f'dataset.on_bad_image={d.on_bad_image!r} must be one of {BAD_IMAGE_POLICIES}')
     _require(d.max_boxes >= 1, f'dataset.max_boxes must be >= 1, got {d.max_boxes}')
+    for field in ('num_train', 'num_test'):
+        _require(d.synthetic[field] > 0,
+                 f'dataset.synthetic.{field} must be > 0, got {d.synthetic[field]}')
+    for field in ('num_threads', 'prefetch'):
+        _require(d[field] >= 0, f'dataset.{field} must be >= 0, got {d[field]}')
+    for path, value in (('seed', config.seed), ('dataset.split_seed', d.split_seed),
+                        ('dataset.label_noise_seed', d.label_noise_seed),
+                        ('dataset.synthetic.seed', d.synthetic.seed)):
+        _require(value >= 0, f'{path} must be >= 0, got {value}')
     _require(not d.boxes_file or kind == 'imagefolder',
              'dataset.boxes_file is only for imagefolder datasets')
     _require(kind != 'tinyimagenet' or (d.train_split == 'train'
@@ -224,7 +352,8 @@ def validate(config, *, num_devices: int) -> None:
              "dataset.train_split/test_split: tinyimagenet reads train/ as 'train' and its "
              "labelled val/ as the test split ('test' or 'val')")
     _check_optimizer(config.optimizer, 'optimizer')
-    _require(t.batch_size > 0 and t.eval_batch_size > 0, 'train.batch_size must be > 0')
+    for field in ('batch_size', 'eval_batch_size'):
+        _require(t[field] > 0, f'train.{field} must be > 0, got {t[field]}')
     _require(t.num_steps >= 0, f'train.num_steps must be >= 0 (0: use num_epochs), '
              f'got {t.num_steps}')
     _require(t.num_epochs >= 0, f'train.num_epochs must be >= 0, got {t.num_epochs}')
@@ -238,6 +367,9 @@ def validate(config, *, num_devices: int) -> None:
                   'eval_negative_cam_k'):
         _require(t[field] >= 0, f'train.{field} must be >= 0, got {t[field]}')
     _require(t.keep_checkpoints >= 1, 'train.keep_checkpoints must be >= 1')
+    _require(t.init_from_step >= -1,
+             f'train.init_from_step must be a step >= 0, or -1 for the newest; '
+             f'got {t.init_from_step}')
     _require(t.early_stopping_patience == 0 or d.val_fraction > 0,
              'train.early_stopping_patience needs a validation split (dataset.val_fraction > 0)')
     if config.mode in ('refine', 'sweep'):
@@ -309,8 +441,10 @@ def _check_evaluation(config) -> None:
              f'evaluation.cam_threshold_step must be in (0, 1), got {e.cam_threshold_step}')
     for field in ('cam_grid_images', 'landscape_batches'):
         _require(e[field] >= 0, f'evaluation.{field} must be >= 0, got {e[field]}')
-    _require(e.landscape_steps >= 3 and e.landscape_span > 0,
-             'evaluation.landscape_steps must be >= 3 and landscape_span > 0')
+    _require(e.sparsity_eps >= 0, f'evaluation.sparsity_eps must be >= 0, got {e.sparsity_eps}')
+    _require(e.landscape_steps >= 3,
+             f'evaluation.landscape_steps must be >= 3, got {e.landscape_steps}')
+    _require(e.landscape_span > 0, f'evaluation.landscape_span must be > 0, got {e.landscape_span}')
     if config.mode == 'analyze':
         _require(e.runs and all(e.runs),
                  'mode=analyze needs evaluation.runs: the workdirs of trained runs, baseline '
@@ -323,6 +457,10 @@ def _check_optimizer(o, where: str) -> None:
              f'{where}.schedule={o.schedule!r} must be one of {SCHEDULES}')
     _require(o.learning_rate > 0, f'{where}.learning_rate must be > 0, got {o.learning_rate}')
     _require(o.weight_decay >= 0, f'{where}.weight_decay must be >= 0, got {o.weight_decay}')
+    for field in ('momentum', 'b1', 'b2'):
+        _require(0 <= o[field] < 1, f'{where}.{field} must be in [0, 1), got {o[field]}')
+    for field in ('eps', 'step_factor'):
+        _require(o[field] > 0, f'{where}.{field} must be > 0, got {o[field]}')
     _require(all(e > 0 for e in o.step_epochs),
              f'{where}.step_epochs must be positive epochs, got {o.step_epochs}')
     _require(o.warmup_epochs >= 0, f'{where}.warmup_epochs must be >= 0, got {o.warmup_epochs}')

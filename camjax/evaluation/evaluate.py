@@ -191,7 +191,7 @@ def evaluate_run(workdir: str, evaluation, *, splits=None, mesh=None,
     summary = classification.evaluate(classification.make_eval_step(
         model, objectives.build_objective(config.loss), num_classes=splits.num_classes,
         negative_cam_k=config.train.eval_negative_cam_k,
-        pos_rate=RunDir(workdir).positive_rate(splits), **norm), state, batches())
+        pos_rate=RunDir(workdir).positive_rate(splits, record=False), **norm), state, batches())
     step = make_output_step(model, positive_weights_only=e.positive_weights_only, **norm)
     outputs = collect_outputs(step, state, batches())
     kernel = np.asarray(jax.device_get(state.params[CLASSIFIER]['kernel']), np.float32)

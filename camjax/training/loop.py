@@ -15,12 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax import objectives, parallel
+from camjax import lock, objectives, parallel
 from camjax.checkpoint import Checkpointer
 from camjax.config.schema import selection_direction
 from camjax.data import Splits, TrainBatches, eval_batches
 from camjax.evaluation.classification import evaluate, make_eval_step
 from camjax.rundir import LABEL_NOISE, RunDir
+from camjax.training import nonfinite
+from camjax.training.interrupt import Stopped
 from camjax.training.runlog import RunLog, Throughput, format_duration
 from camjax.training.state import load_pretrained, model_from_config
 
@@ -51,9 +53,12 @@ class LoopState:
     """The loop's own state, saved as JSON with every checkpoint ('meta').
 
     `window` holds the summed step metrics since the last train record (host
-    floats of the float32 device sums, so exact) and `window_steps` their
-    count: a resumed run continues the very same window. The refine loop also
-    uses `round`, `phase`, `phase_step`, `steps_run` and `baseline_done`.
+    floats of the float32 device sums, so exact), `window_steps` their count
+    and `window_bad_images` the replaced undecodable images its batches held
+    (dataset.on_bad_image='skip'): a resumed run continues the very same
+    window. The refine loop also uses `round`, `phase`, `phase_step`,
+    `steps_run` and `baseline_done`. `skipped_updates` counts the non-finite
+    steps skipped so far (train.skip_nonfinite_updates).
     """
     step: int = 0
     best_score: float | None = None
@@ -62,11 +67,13 @@ class LoopState:
     stopped_early: bool = False
     window: dict = dataclasses.field(default_factory=dict)
     window_steps: int = 0
+    window_bad_images: int = 0
     round: int = 0
     phase: str = ''
     phase_step: int = 0
     steps_run: dict = dataclasses.field(default_factory=dict)
     baseline_done: bool = False
+    skipped_updates: int = 0
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -78,29 +85,48 @@ class LoopState:
 
 
 class Window:
-    """Step metrics summed on device (no host sync per step) until logged."""
+    """Step metrics summed on device (no host sync per step) until logged.
+    `checked_steps` of its `steps` are known to be finite (`RunParts.check_finite`)."""
 
     def __init__(self, loop: LoopState):
         self.sums = ({k: jnp.asarray(v, jnp.float32) for k, v in loop.window.items()}
                      if loop.window else None)
         self.steps = loop.window_steps
+        self.bad_images = loop.window_bad_images
+        self.checked_steps = 0
 
     def add(self, step_metrics: dict) -> None:
         self.sums = step_metrics if self.sums is None else jax.tree.map(jnp.add, self.sums,
                                                                         step_metrics)
         self.steps += 1
 
-    def take_means(self) -> dict:
-        """Mean of each metric over the steps actually in the window; resets."""
-        means = {k: float(v) / self.steps for k, v in jax.device_get(self.sums).items()}
-        self.sums, self.steps = None, 0
-        return means
+    def nonfinite_counts(self) -> dict:
+        """The summed non-finite indicators (`camjax.training.nonfinite`); a host sync."""
+        if self.sums is None:
+            return {}
+        return {k: float(v) for k, v in
+                nonfinite.split_flags(jax.device_get(self.sums))[1].items()}
+
+    def take_means(self) -> tuple[dict, int]:
+        """(mean of each metric over the window's good steps, number of bad
+        (skipped) steps); resets the window."""
+        sums, flags = nonfinite.split_flags(jax.device_get(self.sums))
+        bad = int(flags.get(nonfinite.FLAG, 0))
+        good = self.steps - bad
+        means = {k: float(v) / good if good else math.nan for k, v in sums.items()}
+        self.sums, self.steps, self.checked_steps = None, 0, 0
+        return means, bad
+
+    def take_bad_images(self) -> int:
+        count, self.bad_images = self.bad_images, 0
+        return count
 
     def store(self, loop: LoopState) -> None:
         """Put the open window into `loop`, to be saved with a checkpoint."""
         loop.window = ({} if self.sums is None else
                        {k: float(np.float32(v)) for k, v in jax.device_get(self.sums).items()})
         loop.window_steps = self.steps
+        loop.window_bad_images = self.bad_images
 
 
 def _format_terms(values: dict) -> str:
@@ -127,6 +153,16 @@ class RunParts:
         self.config, self.cfg_t, self.cfg_d, self.splits = (config, config.train,
                                                             config.dataset, splits)
         self.rundir = RunDir(workdir)
+        self._writer = jax.process_index() == 0
+        if self._writer:
+            lock.acquire(workdir)  # released by close()
+        try:
+            self._build(config, workdir, splits, total_steps)
+        except BaseException:
+            self._release()
+            raise
+
+    def _build(self, config, workdir, splits, total_steps):
         self.rundir.create(config)  # the library API writes the same run directory as the CLI
         self.log = RunLog(self.rundir)
         self.mesh = parallel.make_mesh()
@@ -151,10 +187,21 @@ class RunParts:
         self.ckpt = Checkpointer(workdir, keep=self.cfg_t.keep_checkpoints)
 
     # -- evaluation and selection ---------------------------------------------
+    def next_batch(self, window: Window) -> dict:
+        """The next training batch; its replaced images count in `window`."""
+        before = self.batches.bad_images
+        batch = next(self.batches)
+        window.bad_images += self.batches.bad_images - before
+        return batch
+
     def evaluate_split(self, state, split: str) -> dict:
-        return evaluate(self.eval_step, state, eval_batches(
+        batches = eval_batches(
             getattr(self.splits, split), cfg=self.cfg_d, global_batch=self.cfg_t.eval_batch_size,
-            global_size=self.splits.sizes[split], sharding=parallel.batch_sharded(self.mesh)))
+            global_size=self.splits.sizes[split], sharding=parallel.batch_sharded(self.mesh))
+        result = evaluate(self.eval_step, state, batches)
+        if self.cfg_d.on_bad_image == 'skip':  # left out of every metric (mask 0)
+            result['bad_images'] = batches.bad_images
+        return result
 
     def eval_record(self, state, step: int, *, splits=('val', 'test'), **extra) -> dict:
         record = {'kind': 'eval', 'step': step, 'epoch': step / self.plan.steps_per_epoch,
@@ -191,8 +238,13 @@ class RunParts:
 
     def report_best(self, state, loop: LoopState) -> dict | None:
         """Evaluate the best-by-validation checkpoint on test, once, at the
-        end (again only if a kill came before its record was written)."""
-        if loop.best_step is None or any(r['kind'] == 'best' for r in self.rundir.records()):
+        end (again if a kill came before its record was written, or if the
+        run was extended by a config change after it)."""
+        kinds = [r['kind'] for r in self.rundir.records()]
+        reported = 'best' in kinds and (
+            'config_change' not in kinds
+            or kinds[::-1].index('best') < kinds[::-1].index('config_change'))
+        if loop.best_step is None or reported:
             return None
         self.ckpt.wait()
         test = self.evaluate_split(self.ckpt.restore_best(state), 'test')
@@ -206,19 +258,38 @@ class RunParts:
         return record
 
     # -- logging, resuming, saving -------------------------------------------
-    def log_window(self, window: Window, step: int, speed: Throughput, *, tag: str = '',
-                   **fields) -> None:
+    def log_window(self, window: Window, loop: LoopState, speed: Throughput, *,
+                   tag: str = '', **fields) -> None:
         """Log the mean of the window's step metrics plus `fields`."""
-        means = window.take_means()
-        total = self.plan.total_steps
+        means, skipped = window.take_means()
+        step, total = loop.step, self.plan.total_steps
         images_per_s, eta = speed.tick(step, batch_size=self.cfg_t.batch_size,
                                        total_steps=total)
+        if self.cfg_t.skip_nonfinite_updates:
+            loop.skipped_updates += skipped
+            fields.update(skipped_updates=skipped, skipped_updates_total=loop.skipped_updates)
+        bad_images = window.take_bad_images()
+        if self.cfg_d.on_bad_image == 'skip':
+            fields['bad_images'] = bad_images
         self.log.write({'kind': 'train', 'step': step, **fields, 'images_per_s': images_per_s,
                         **means})
         accuracy = f' | acc {means["accuracy"]:.3f}' if 'accuracy' in means else ''
+        skips = (f' | skipped {skipped} non-finite' if skipped else '') + (
+            f' | {bad_images} bad images replaced' if bad_images else '')
         self.log.print(f'step {step}/{total}{tag} | loss {means["loss"]:.4f} '
-                       f'({_format_terms(means)}){accuracy} | '
+                       f'({_format_terms(means)}){accuracy}{skips} | '
                        f'{images_per_s:.0f} img/s | ETA {format_duration(eta)}')
+
+    def check_finite(self, window: Window, loop: LoopState) -> None:
+        """At a log, eval or checkpoint boundary: stop (NonFiniteError) if a
+        step since the last check was non-finite, unless such steps are skipped."""
+        flags = window.nonfinite_counts()
+        if flags.get(nonfinite.FLAG) and not self.cfg_t.skip_nonfinite_updates:
+            first = loop.step - window.steps + window.checked_steps + 1
+            raise nonfinite.NonFiniteError(nonfinite.failure_message(
+                flags, first_step=first, last_step=loop.step,
+                last_checkpoint=self.ckpt.latest_step()))
+        window.checked_steps = window.steps
 
     def resume(self, initial_state, fresh: LoopState, *, new_classifier_ok: bool):
         """(state, loop state) from the newest checkpoint; else the initial
@@ -246,7 +317,25 @@ class RunParts:
         self.ckpt.save(loop.step, state, meta=loop.to_json(),
                        data_state=self.batches.get_state())
 
+    def end_step(self, state, loop: LoopState, window: Window, *, stop: str | None,
+                 save: bool) -> None:
+        """Save if due or if a stop was requested; after a requested stop's
+        save, raise Stopped. (Call `check_finite` before anything is saved.)"""
+        if save or stop:
+            self.save(state, loop, window)
+        if stop:
+            self.ckpt.wait()
+            raise Stopped(stop, loop.step)
+
     def close(self) -> None:
-        """Finish and close the checkpoint saves, even after an error."""
-        self.ckpt.wait()
-        self.ckpt.close()
+        """Finish and close the checkpoint saves, even after an error; let go
+        of the workdir's lock."""
+        try:
+            self.ckpt.wait()
+            self.ckpt.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._writer:
+            lock.release(self.rundir.path)

@@ -16,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from camjax import losses, parallel
+from camjax import losses
 from camjax.config import preflight
 from camjax.data import normalize_images
 from camjax.rundir import RunDir, read_records
-from camjax.training import optim
+from camjax.training import nonfinite, optim
+from camjax.training.interrupt import StopSignals
 from camjax.training.loop import LoopState, Plan, RunParts, Window, due
 from camjax.training.runlog import Throughput
 from camjax.training.state import TrainState, forward, init_state
@@ -77,13 +78,16 @@ def linr_loss(model, refine_cfg, *, params, p2_params, batch_stats, images, key,
     return loss, (batch_stats, scored)
 
 
-def make_linr_step(model, tx, refine_cfg, *, seed: int, mean, std, mesh, multilabel: bool):
-    """Jitted `(state, images uint8 (B,H,W,3)) -> (state, metrics)` minimizing
-    `linr_loss`; the state is donated and `tx` owns `state.opt_state['linr']`.
-    Labels are never read. The randomness is a function of (seed, step), so a
-    resumed run repeats it exactly."""
+def make_linr_step(model, tx, refine_cfg, *, seed: int, mean, std, mesh, multilabel: bool,
+                   skip_nonfinite: bool = False):
+    """Jitted `(state, batch) -> (state, metrics)` minimizing `linr_loss` on
+    the batch's images (labels are never read), with the non-finite guard;
+    the state is donated and `tx` owns `state.opt_state['linr']`. The
+    randomness is a function of (seed, step), so a resumed run repeats it
+    exactly."""
 
-    def linr_step(state: TrainState, images):
+    def linr_step(state: TrainState, batch):
+        images = batch['image']
         key = jax.random.fold_in(jax.random.key(seed), state.step)
 
         def loss_fn(params):
@@ -101,17 +105,17 @@ def make_linr_step(model, tx, refine_cfg, *, seed: int, mean, std, mesh, multila
                                opt_state={**state.opt_state, 'linr': linr_opt})
         return new_state, {'loss': loss, 'loss/linr': loss, 'scored_fraction': scored}
 
-    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    return jax.jit(linr_step, in_shardings=(replicated, sharded),
-                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+    return jit_step(nonfinite.guard_step(linr_step, skip=skip_nonfinite), mesh)
 
 
 # =============================================================================
 # The refine run (LinR paper, Algorithm 1)
 # =============================================================================
-def make_cls_step(model, objective, tx, *, mean, std, mesh, pos_rate=None):
+def make_cls_step(model, objective, tx, *, mean, std, mesh, pos_rate=None,
+                  skip_nonfinite: bool = False):
     """Jitted classification step of a refine run: the training step on
-    `state.opt_state['cls']`, leaving the LinR optimizer's state alone."""
+    `state.opt_state['cls']`, leaving the LinR optimizer's state alone, with
+    the non-finite guard."""
     inner = train_step_fn(model, objective, tx, mean=mean, std=std, pos_rate=pos_rate)
 
     def cls_step(state: TrainState, batch):
@@ -119,7 +123,7 @@ def make_cls_step(model, objective, tx, *, mean, std, mesh, pos_rate=None):
         return (stepped.replace(opt_state={**state.opt_state, 'cls': stepped.opt_state}),
                 step_metrics)
 
-    return jit_step(cls_step, mesh)
+    return jit_step(nonfinite.guard_step(cls_step, skip=skip_nonfinite), mesh)
 
 
 def _phase_steps(refine_cfg, steps_per_epoch: int) -> dict:
@@ -140,21 +144,23 @@ def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None,
     phase_steps = _phase_steps(r, per_epoch)
     parts = RunParts(config, workdir, splits,
                      total_steps=r.rounds * sum(phase_steps[p] for p in phases))
-    txs, schedules = {}, {}
-    for phase, cfg in (('cls', r.cls_optimizer), ('linr', r.linr_optimizer)):
-        schedules[phase] = optim.make_schedule(cfg, total_steps=r.rounds * phase_steps[phase],
-                                               steps_per_epoch=per_epoch)
-        txs[phase] = optim.make_optimizer(cfg, schedules[phase])
-    cls_step = make_cls_step(parts.model, parts.objective, txs['cls'], pos_rate=parts.pos_rate,
-                             **parts.step_kwargs)
-    linr_step = make_linr_step(parts.model, txs['linr'], r, seed=config.seed,
-                               multilabel=splits.multilabel, **parts.step_kwargs)
-    steps = {'cls': cls_step, 'linr': lambda state, batch: linr_step(state, batch['image'])}
-    initial = init_state(parts.model, lambda p: {ph: tx.init(p) for ph, tx in txs.items()},
-                         seed=config.seed, image_size=config.dataset.image_size,
-                         mesh=parts.mesh)
-    fresh = LoopState(phase=phases[0], steps_run={p: 0 for p in PHASES})
     try:
+        txs, schedules = {}, {}
+        for phase, cfg in (('cls', r.cls_optimizer), ('linr', r.linr_optimizer)):
+            schedules[phase] = optim.make_schedule(cfg, total_steps=r.rounds * phase_steps[phase],
+                                                   steps_per_epoch=per_epoch)
+            txs[phase] = optim.make_optimizer(cfg, schedules[phase])
+        skip = config.train.skip_nonfinite_updates
+        steps = {'cls': make_cls_step(parts.model, parts.objective, txs['cls'],
+                                      pos_rate=parts.pos_rate, skip_nonfinite=skip,
+                                      **parts.step_kwargs),
+                 'linr': make_linr_step(parts.model, txs['linr'], r, seed=config.seed,
+                                        multilabel=splits.multilabel, skip_nonfinite=skip,
+                                        **parts.step_kwargs)}
+        initial = init_state(parts.model, lambda p: {ph: tx.init(p) for ph, tx in txs.items()},
+                             seed=config.seed, image_size=config.dataset.image_size,
+                             mesh=parts.mesh)
+        fresh = LoopState(phase=phases[0], steps_run={p: 0 for p in PHASES})
         state, loop = parts.resume(initial, fresh, new_classifier_ok=False)
         record = None
         if not loop.baseline_done:  # round 0: the restored model
@@ -164,33 +170,40 @@ def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None,
             parts.log.print(f'refinement is already complete after round {loop.round}')
         log_every, save_every = config.train.log_every, config.train.checkpoint_every
         speed, window, steps_this_run = Throughput(loop.step), Window(loop), 0
-        while loop.round < r.rounds and not loop.stopped_early:
-            phase = loop.phase
-            state, step_metrics = steps[phase](state, next(parts.batches))
-            loop.step += 1
-            loop.phase_step += 1
-            loop.steps_run[phase] += 1
-            steps_this_run += 1
-            window.add(step_metrics)
-            phase_done = loop.phase_step == phase_steps[phase]
-            if log_every and (due(loop.phase_step, log_every) or phase_done):
-                parts.log_window(window, loop.step, speed,
-                                 tag=f' | round {loop.round + 1} {phase}',
-                                 round=loop.round + 1, phase=phase,
-                                 lr=float(schedules[phase](loop.steps_run[phase] - 1)))
-            if phase_done:  # on to the next phase; after the last one, evaluate the round
-                loop.phase_step = 0
-                index = phases.index(phase)
-                if index + 1 < len(phases):
-                    loop.phase = phases[index + 1]
-                else:
-                    loop.phase, loop.round = phases[0], loop.round + 1
-                    record = parts.evaluate_and_select(loop, state, splits=eval_splits,
-                                                       round=loop.round)
-            if phase_done or due(loop.step, save_every):
-                parts.save(state, loop, window)
-            if stop_after_steps is not None and steps_this_run >= stop_after_steps:
-                return state, record
+        with StopSignals() as stops:
+            while loop.round < r.rounds and not loop.stopped_early:
+                phase = loop.phase
+                state, step_metrics = steps[phase](state, parts.next_batch(window))
+                loop.step += 1
+                loop.phase_step += 1
+                loop.steps_run[phase] += 1
+                steps_this_run += 1
+                window.add(step_metrics)
+                phase_done = loop.phase_step == phase_steps[phase]
+                log = log_every and (due(loop.phase_step, log_every) or phase_done)
+                stop = stops.requested(loop.step)
+                save = phase_done or due(loop.step, save_every)
+                if log or save or stop:
+                    parts.check_finite(window, loop)
+                if log:
+                    parts.log_window(window, loop, speed,
+                                     tag=f' | round {loop.round + 1} {phase}',
+                                     round=loop.round + 1, phase=phase,
+                                     lr=float(schedules[phase](loop.steps_run[phase] - 1)))
+                if phase_done:  # on to the next phase; after the last, evaluate the round
+                    loop.phase_step = 0
+                    index = phases.index(phase)
+                    if index + 1 < len(phases):
+                        loop.phase = phases[index + 1]
+                    else:
+                        loop.phase, loop.round = phases[0], loop.round + 1
+                        record = parts.evaluate_and_select(loop, state, splits=eval_splits,
+                                                           round=loop.round)
+                finished = loop.round >= r.rounds or loop.stopped_early
+                parts.end_step(state, loop, window, stop=None if finished else stop,
+                               save=save)
+                if stop_after_steps is not None and steps_this_run >= stop_after_steps:
+                    return state, record
         return state, parts.report_best(state, loop) or record
     finally:
         parts.close()

@@ -14,7 +14,8 @@ import optax
 from camjax import objectives, parallel
 from camjax.data import Splits, normalize_images
 from camjax.evaluation import metrics as metrics_lib
-from camjax.training import optim
+from camjax.training import nonfinite, optim
+from camjax.training.interrupt import StopSignals
 from camjax.training.loop import LoopState, RunParts, Window, due
 from camjax.training.runlog import Throughput
 from camjax.training.state import TrainState, forward, init_state
@@ -31,10 +32,12 @@ def jit_step(step, mesh):
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def make_train_step(model, objective, tx, *, mean, std, mesh, pos_rate=None):
-    """Jitted `(state, batch) -> (state, metrics)`; the state is donated."""
-    return jit_step(train_step_fn(model, objective, tx, mean=mean, std=std, pos_rate=pos_rate),
-                    mesh)
+def make_train_step(model, objective, tx, *, mean, std, mesh, pos_rate=None,
+                    skip_nonfinite: bool = False):
+    """Jitted `(state, batch) -> (state, metrics)`, the state donated, with
+    the non-finite guard's indicators (`camjax.training.nonfinite`)."""
+    step = train_step_fn(model, objective, tx, mean=mean, std=std, pos_rate=pos_rate)
+    return jit_step(nonfinite.guard_step(step, skip=skip_nonfinite), mesh)
 
 
 def train_step_fn(model, objective, tx, *, mean, std, pos_rate=None):
@@ -81,36 +84,44 @@ def train_and_evaluate(config, workdir: str, splits: Splits, *,
     Returns (final TrainState, last eval or best-checkpoint record, or None).
     """
     parts = RunParts(config, workdir, splits)
-    plan = parts.plan
-    schedule = optim.make_schedule(config.optimizer, total_steps=plan.total_steps,
-                                   steps_per_epoch=plan.steps_per_epoch)
-    tx = optim.make_optimizer(config.optimizer, schedule)
-    train_step = make_train_step(parts.model, parts.objective, tx, pos_rate=parts.pos_rate,
-                                 **parts.step_kwargs)
-    initial = init_state(parts.model, tx.init, seed=config.seed,
-                         image_size=config.dataset.image_size, mesh=parts.mesh)
     try:
+        plan = parts.plan
+        schedule = optim.make_schedule(config.optimizer, total_steps=plan.total_steps,
+                                       steps_per_epoch=plan.steps_per_epoch)
+        tx = optim.make_optimizer(config.optimizer, schedule)
+        train_step = make_train_step(parts.model, parts.objective, tx, pos_rate=parts.pos_rate,
+                                     skip_nonfinite=config.train.skip_nonfinite_updates,
+                                     **parts.step_kwargs)
+        initial = init_state(parts.model, tx.init, seed=config.seed,
+                             image_size=config.dataset.image_size, mesh=parts.mesh)
         state, loop = parts.resume(initial, LoopState(), new_classifier_ok=True)
         done = loop.stopped_early or loop.step >= plan.total_steps
         if done:
             parts.log.print(f'run is already complete at step {loop.step}')
         log_every = config.train.log_every
         speed, window, record, steps_this_run = Throughput(loop.step), Window(loop), None, 0
-        while not done:
-            state, step_metrics = train_step(state, next(parts.batches))
-            loop.step += 1
-            steps_this_run += 1
-            window.add(step_metrics)
-            last = loop.step == plan.total_steps
-            if log_every and (due(loop.step, log_every) or last):
-                parts.log_window(window, loop.step, speed, lr=float(schedule(loop.step - 1)))
-            if due(loop.step, plan.eval_every) or last:
-                record = parts.evaluate_and_select(loop, state)
-            done = loop.stopped_early or loop.step >= plan.total_steps
-            if done or due(loop.step, plan.checkpoint_every):
-                parts.save(state, loop, window)
-            if stop_after_steps is not None and steps_this_run >= stop_after_steps:
-                return state, record
+        with StopSignals() as stops:
+            while not done:
+                state, step_metrics = train_step(state, parts.next_batch(window))
+                loop.step += 1
+                steps_this_run += 1
+                window.add(step_metrics)
+                last = loop.step == plan.total_steps
+                log = log_every and (due(loop.step, log_every) or last)
+                evaluate = due(loop.step, plan.eval_every) or last
+                stop = stops.requested(loop.step)
+                save = last or due(loop.step, plan.checkpoint_every)
+                if log or evaluate or save or stop:
+                    parts.check_finite(window, loop)
+                if log:
+                    parts.log_window(window, loop, speed, lr=float(schedule(loop.step - 1)))
+                if evaluate:
+                    record = parts.evaluate_and_select(loop, state)
+                done = loop.stopped_early or loop.step >= plan.total_steps
+                parts.end_step(state, loop, window, stop=None if done else stop,
+                               save=done or save)
+                if stop_after_steps is not None and steps_this_run >= stop_after_steps:
+                    return state, record
         return state, parts.report_best(state, loop) or record
     finally:
         parts.close()  # never leave a half-written save behind, even on errors
