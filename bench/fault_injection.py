@@ -30,19 +30,25 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOTAL_STEPS, CHECKPOINT_EVERY = 24, 2
+TOTAL_STEPS, CHECKPOINT_EVERY = 24, 2  # the run's length when not given
 ARGS = ('--config=configs/default.py', '--config.dataset.image_size=32',
         '--config.dataset.synthetic.num_train=480', '--config.dataset.synthetic.num_test=96',
         '--config.model.width=8', '--config.model.stem_stride=1',
-        '--config.train.batch_size=32', f'--config.train.num_steps={TOTAL_STEPS}',
-        f'--config.train.checkpoint_every={CHECKPOINT_EVERY}', '--config.train.eval_every=12',
-        '--config.train.log_every=1')
+        '--config.train.batch_size=32', f'--config.train.checkpoint_every={CHECKPOINT_EVERY}',
+        '--config.train.eval_every=12', '--config.train.log_every=1')
 STEP_LINE = re.compile(r'^step (\d+)/')
 RESUMED_LINE = re.compile(r'^resumed from step (\d+)')
 
 
-def _command(workdir: str) -> list[str]:
-    return [sys.executable, '-m', 'camjax.main', *ARGS, f'--workdir={workdir}']
+def steps_for(cycles: int) -> int:
+    """A run long enough that `cycles` signals land before it ends (each
+    cycle advances it by about 3 steps)."""
+    return max(TOTAL_STEPS, 4 * cycles + 8)
+
+
+def _command(workdir: str, total_steps: int) -> list[str]:
+    return [sys.executable, '-m', 'camjax.main', *ARGS,
+            f'--config.train.num_steps={total_steps}', f'--workdir={workdir}']
 
 
 def _save_in_flight(workdir: str) -> bool:
@@ -57,9 +63,9 @@ def _save_in_flight(workdir: str) -> bool:
 class _Watched:
     """A CLI process whose stdout is read line by line in a thread."""
 
-    def __init__(self, workdir: str):
-        self.proc = subprocess.Popen(_command(workdir), cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+    def __init__(self, workdir: str, total_steps: int):
+        self.proc = subprocess.Popen(_command(workdir, total_steps), cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.last_step, self.resumed_from, self._stderr = 0, 0, []
         self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
@@ -94,7 +100,7 @@ def signal_plan(cycles: int) -> list[str]:
 
 
 def run_cycles(workdir: str, signals: list[str], *, rng: random.Random,
-               timeout: float = 600) -> list[dict]:
+               total_steps: int = TOTAL_STEPS, timeout: float = 600) -> list[dict]:
     """Stop a run in `workdir` once with each of `signals`, restarting it
     each time, then run it to completion. Returns one dict per cycle: the
     signal, the target step, the step the process had logged when the signal
@@ -102,9 +108,9 @@ def run_cycles(workdir: str, signals: list[str], *, rng: random.Random,
     the step its successor resumed from."""
     results, resumed_from = [], 0
     for name in signals:
-        run = _Watched(workdir)
+        run = _Watched(workdir, total_steps)
         # A random step among the next few, so that many cycles fit in one run.
-        target = min(resumed_from + rng.randint(1, 2 * CHECKPOINT_EVERY), TOTAL_STEPS - 2)
+        target = min(resumed_from + rng.randint(1, 2 * CHECKPOINT_EVERY), total_steps - 2)
         deadline = time.time() + timeout
         while run.last_step < target and run.proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
@@ -116,9 +122,9 @@ def run_cycles(workdir: str, signals: list[str], *, rng: random.Random,
         results.append({'signal': name, 'target': target, 'logged': run.last_step,
                         'mid_save': in_flight, 'status': status, 'stderr': run.stderr,
                         'started_from': run.resumed_from, 'newest_complete': resumed_from})
-        if run.last_step >= TOTAL_STEPS:
+        if run.last_step >= total_steps:
             break  # it finished before the signal came
-    final = _Watched(workdir)
+    final = _Watched(workdir, total_steps)
     if final.finish(timeout) != 0:
         raise RuntimeError(f'the final run failed: {final.stderr[-2000:]}')
     # Steps lost by each kill: logged by the killed process, redone by the next.
@@ -137,9 +143,9 @@ def _newest_complete_save(workdir: str) -> int:
     return max(steps, default=0)
 
 
-def run_straight(workdir: str, timeout: float = 600) -> None:
-    result = subprocess.run(_command(workdir), cwd=ROOT, capture_output=True, text=True,
-                            timeout=timeout)
+def run_straight(workdir: str, total_steps: int = TOTAL_STEPS, timeout: float = 600) -> None:
+    result = subprocess.run(_command(workdir, total_steps), cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f'the uninterrupted run failed: {result.stderr[-2000:]}')
 
@@ -172,15 +178,16 @@ def main():
     args = parser.parse_args()
     base = args.workdir or tempfile.mkdtemp(prefix='camjax-faults-')
     straight, killed = os.path.join(base, 'straight'), os.path.join(base, 'killed')
-    t0 = time.time()
-    run_straight(straight)
-    results = run_cycles(killed, signal_plan(args.cycles), rng=random.Random(args.seed))
+    t0, total_steps = time.time(), steps_for(args.cycles)
+    run_straight(straight, total_steps)
+    results = run_cycles(killed, signal_plan(args.cycles), rng=random.Random(args.seed),
+                         total_steps=total_steps)
     same_params, same_metrics = identical(straight, killed)
     kills = [r for r in results if r['signal'] == 'SIGKILL']
     terms = [r for r in results if r['signal'] != 'SIGKILL']
     lost = [r['lost'] for r in kills]
     print(f'fault injection: {len(results)} cycles ({len(kills)} SIGKILL, {len(terms)} '
-          f'SIGTERM/SIGINT), {TOTAL_STEPS} steps, checkpoint every {CHECKPOINT_EVERY}, '
+          f'SIGTERM/SIGINT), {total_steps} steps, checkpoint every {CHECKPOINT_EVERY}, '
           f'{time.time() - t0:.0f} s, workdir {base}')
     survived = [r for r in results if r['resumed_from'] == r['newest_complete']
                 and r['status'] == EXIT_STATUS[r['signal']]]
