@@ -61,6 +61,19 @@ def comparable_records(workdir):
             for r in read_records(str(workdir)) if r['kind'] != 'resume']
 
 
+def file_hashes(root) -> dict:
+    """{relative path: sha256} of every file under `root`: compare two of
+    them to show that nothing under it was written."""
+    import hashlib
+    out = {}
+    for here, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(here, name)
+            with open(path, 'rb') as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
 class StopAt:
     """In place of `camjax.training.interrupt.StopSignals`: as if SIGTERM
     arrived during step `step`."""

@@ -3,26 +3,14 @@ multi-label eval, and analyze comparing a LinR refinement with its baseline
 in report.html. (The demo run's evaluation is in test_demo.py.)"""
 
 import base64
-import hashlib
 import html as html_lib
 import json
 import os
 from html.parser import HTMLParser
 
-from conftest import run_cli
+from conftest import file_hashes, run_cli
 
 from camjax.rundir import read_records
-
-
-def _file_hashes(workdir: str) -> dict:
-    out = {}
-    for root, _, files in os.walk(workdir):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, 'rb') as f:
-                out[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
 
 SMALL_28PX = ['--config=configs/default.py', '--config.dataset.image_size=28',
               '--config.dataset.synthetic.num_train=480', '--config.dataset.synthetic.num_test=96',
@@ -89,13 +77,13 @@ def test_analyze_compares_a_linr_refinement_with_its_baseline(tmp_path):
     train_and_evaluate(config, base, splits)
     refine(small_config(**{'mode': 'refine', 'train.init_from': base, 'refine.rounds': 1,
                            'refine.cls_steps': 2, 'refine.linr_steps': 2}), refined, splits)
-    before = {w: _file_hashes(w) for w in (base, refined)}
+    before = {w: file_hashes(w) for w in (base, refined)}
     analysis = small_config(**{
         'mode': 'analyze', 'evaluation.runs': (base, refined), 'evaluation.fgsm_eps': (0.1,),
         'evaluation.landscape_steps': 3, 'evaluation.cam_grid_images': 2})
     summary = analyze(analysis, out)
     # analyze writes only into its own workdir; the compared runs stay byte-identical.
-    assert {w: _file_hashes(w) for w in (base, refined)} == before
+    assert {w: file_hashes(w) for w in (base, refined)} == before
     cached = sorted(os.listdir(os.path.join(out, 'cache')))
     assert [c.split('-step')[0] for c in cached] == ['base', 'refined']
     comparison = summary['per_class']['refined']

@@ -10,12 +10,11 @@
 """
 
 import ast
-import hashlib
 import os
 import shutil
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, file_hashes
 
 PICKLE_MODULES = {'pickle', 'cPickle', '_pickle', 'cloudpickle', 'dill', 'shelve', 'joblib'}
 EVAL_BUILTINS = {'eval', 'exec', 'compile'}
@@ -143,17 +142,6 @@ def test_safe_filename_is_one_component_inside_the_directory(tmp_path):
         assert safe_filename(plain) == plain  # readable names are kept as they are
 
 
-def _tree(root) -> dict:
-    """{relative path: sha256} of every file under `root`."""
-    out = {}
-    for here, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(here, name)
-            with open(path, 'rb') as f:
-                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
 CLASS_NAMES = ('../../x', '/abs/path', 'a/b/..', 'n3 (..)', '$x_$ 5%')  # '$..$': mathtext
 
 
@@ -196,7 +184,7 @@ def test_class_names_that_look_like_paths_are_only_text(tmp_path, monkeypatch):
     work = tmp_path / 'cwd'
     work.mkdir()
     monkeypatch.chdir(work)  # a relative write would land here
-    before = _tree(tmp_path)
+    before = file_hashes(tmp_path)
     config = small_config(**{'dataset.name': f'tinyimagenet:{data}', 'dataset.test_split': 'val',
                              'dataset.image_size': 8, 'dataset.val_fraction': 0.0})
     splits = open_splits(config.dataset)
@@ -212,7 +200,7 @@ def test_class_names_that_look_like_paths_are_only_text(tmp_path, monkeypatch):
     _, captions = cam_grid.top_negative_captions(np.full(k, 1 / k), 0, splits.class_names)
     report.paragraph(' '.join(captions))
     assert '../../x' in report.html()
-    assert _tree(tmp_path) == before
+    assert file_hashes(tmp_path) == before
 
 
 def test_analyze_of_runs_with_hostile_names_writes_only_into_its_workdir(tmp_path):
@@ -240,9 +228,9 @@ def test_analyze_of_runs_with_hostile_names_writes_only_into_its_workdir(tmp_pat
     analysis = small_config(**{'mode': 'analyze', 'evaluation.runs': runs,
                                'evaluation.fgsm_eps': (), 'evaluation.cam_grid_images': 0,
                                'evaluation.landscape_batches': 0})
-    before = _tree(tmp_path)
+    before = file_hashes(tmp_path)
     analyze(analysis, str(workdir))
-    after = _tree(tmp_path)
+    after = file_hashes(tmp_path)
     inside = os.path.join('compare', '')
     assert {p: h for p, h in after.items() if not p.startswith(inside)} == before
     written = sorted(p for p in after if p.startswith(inside))
