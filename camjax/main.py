@@ -155,6 +155,9 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
         config, ignored = saved_config.eval_config(workdir, config, explicit=explicit)
         config.evaluation = evaluation
         _note_ignored(ignored, f'{workdir}/config.json')
+    # Per-device sizes become global ones only now, after jax.distributed.
+    config_schema.resolve_device_sizes(config, num_devices=jax.device_count(),
+                                       explicit=explicit)
     config_schema.validate(config, num_devices=jax.device_count())
     if jax.process_index() == 0 and config.mode != 'check':
         lock.check_free(workdir)  # before the data is opened, which can take long

@@ -8,11 +8,12 @@ optimizer_linr SGD lr 1e-3 (the paper's smaller LinR rate, for ImageNet).
   # 2. refine it (restores runs/imagenet_linrc_train, model variables only):
   python -m camjax.main --config=configs/imagenet_linrc.py
 
-The global batch follows the device count, so a resumed run must use the same
-number of devices (its config.json records the batch).
+The batch is set per device (train.per_device_batch_size): camjax makes it
+global after jax.distributed starts, so the config never touches a device.
+A resumed run must use the same number of devices (its config.json records
+the global batch); the training learning rate is 0.1 per 256 images
+(optimizer.reference_batch_size), so it follows the batch.
 """
-
-import jax
 
 from camjax.config.presets import imagenet2012, linr_refinement
 from camjax.config.schema import base_config
@@ -28,11 +29,11 @@ def get_config(arg=None):
     config = base_config()
     imagenet2012(config.dataset)
     config.model = dict(name='resnet18_imagenet', dtype='bfloat16')
-    config.train.batch_size = PER_DEVICE_BATCH * jax.device_count()
-    config.train.eval_batch_size = 2 * config.train.batch_size
+    config.train.per_device_batch_size = PER_DEVICE_BATCH
+    config.train.per_device_eval_batch_size = 2 * PER_DEVICE_BATCH
     config.train.log_every = 100
     if choice['mode'] == 'train':  # He et al. 2016: 90 epochs, lr 0.1 /10 every 30
-        config.optimizer.learning_rate = 0.1 * config.train.batch_size / 256
+        config.optimizer.learning_rate, config.optimizer.reference_batch_size = 0.1, 256
         config.optimizer.nesterov = False
         config.optimizer.weight_decay = 1e-4
         config.optimizer.schedule = 'step'

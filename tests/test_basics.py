@@ -112,9 +112,13 @@ def test_schedules():
     cfg.learning_rate, cfg.warmup_epochs = 1.0, 1.0
     cfg.schedule = 'step'
     cfg.step_epochs = (2.0, 3.0)
-    s = optim.make_schedule(cfg, total_steps=40, steps_per_epoch=10)
+    s = optim.make_schedule(cfg, total_steps=40, steps_per_epoch=10, batch_size=64)
     assert [float(s(i)) for i in (0, 5, 10, 19, 20, 29, 30)] == pytest.approx(
         [0.0, 0.5, 1.0, 1.0, 0.1, 0.1, 0.01])
     cfg.schedule, cfg.warmup_epochs = 'cosine', 0.0
-    s = optim.make_schedule(cfg, total_steps=40, steps_per_epoch=10)
+    s = optim.make_schedule(cfg, total_steps=40, steps_per_epoch=10, batch_size=64)
     assert [float(s(i)) for i in (0, 20, 40)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-6)
+    # The linear scaling rule: learning_rate is for reference_batch_size images.
+    cfg.reference_batch_size = 256
+    s = optim.make_schedule(cfg, total_steps=40, steps_per_epoch=10, batch_size=64)
+    assert [float(s(i)) for i in (0, 20)] == pytest.approx([0.25, 0.125])

@@ -182,7 +182,8 @@ def test_every_shipped_config_validates(path, monkeypatch):
     spec.loader.exec_module(module)
     config = module.get_config()
     monkeypatch.setattr('camjax.data.check_dataset_name', lambda name: None)
-    validate(config, num_devices=1)
+    from camjax.config.schema import resolve_device_sizes
+    validate(resolve_device_sizes(config, num_devices=1), num_devices=1)  # as the CLI does
 
 
 def test_default_workdir_names_the_variant():

@@ -86,3 +86,67 @@ def test_cli_unknown_variant_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         result.stderr.strip().splitlines()[-1]]
     assert "unknown config variant 'resnet999'" in result.stderr
+
+
+LOAD_EVERY_VARIANT = '''
+import importlib.util, itertools, json, os, sys
+import camjax.main  # the CLI's own module-level work, flags included
+from jax._src import xla_bridge
+loaded = 0
+for path in sys.argv[2:]:
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    options = getattr(module, 'OPTIONS', {})
+    words = [','.join(c) for c in itertools.product(*options.values())] or ['']
+    for arg in [*words, *(f'{w},smoke' for w in words), *module.SMOKE]:
+        module.get_config(arg or None)
+        loaded += 1
+initialized = xla_bridge.backends_are_initialized()
+import jax
+jax.distributed.initialize(coordinator_address=f'localhost:{sys.argv[1]}', num_processes=1,
+                           process_id=0)
+print(json.dumps({'loaded': loaded, 'initialized': initialized,
+                  'devices': jax.device_count()}))
+'''
+
+
+def test_loading_every_config_and_variant_touches_no_device():
+    """Config files run while flags are parsed, before
+    `jax.distributed.initialize`; one that asks JAX for its devices starts
+    the backend, and on a pod the initialize then fails. Per-device sizes
+    (train.per_device_batch_size) are resolved later instead."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        port = s.getsockname()[1]
+    result = subprocess.run([sys.executable, '-c', LOAD_EVERY_VARIANT, str(port), *CONFIGS],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report['loaded'] >= 3 * len(CONFIGS) and report['devices'] >= 1
+    assert report['initialized'] is False
+
+
+def test_per_device_sizes_follow_the_device_count():
+    from camjax.config.schema import base_config, resolve_device_sizes
+    config = _load(os.path.join(ROOT, 'configs', 'imagenet_linrc.py')).get_config('train')
+    resolve_device_sizes(config, num_devices=8)
+    assert (config.train.batch_size, config.train.eval_batch_size) == (256, 512)
+    validate(config, num_devices=8)
+    from camjax.training.optim import peak_learning_rate
+    assert peak_learning_rate(config.optimizer, batch_size=256) == pytest.approx(0.1)
+    resolve_device_sizes(config, num_devices=2)  # a resolved config resolves again
+    assert config.train.batch_size == 64
+    with pytest.raises(ConfigError, match=r'train.batch_size=64 is not '
+                                          r'train.per_device_batch_size=32 x 4 devices'):
+        validate(config, num_devices=4)
+    with pytest.raises(ConfigError, match='override train.per_device_batch_size instead'):
+        resolve_device_sizes(config, num_devices=2, explicit={'train.batch_size': 64})
+    plain = base_config()
+    resolve_device_sizes(plain, num_devices=8)  # no per-device fields: unchanged
+    assert plain.train.batch_size == 128

@@ -73,6 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = t = ml_collections.ConfigDict()
     t.batch_size = 128            # global, across all devices and hosts
     t.eval_batch_size = 256
+    t.per_device_batch_size = 0   # > 0: batch_size = this x the device count, resolved
+    t.per_device_eval_batch_size = 0  # after jax.distributed starts (likewise eval_batch_size)
     t.num_epochs = 10.0
     t.num_steps = 0               # > 0 overrides num_epochs
     t.log_every = 50
@@ -124,11 +126,37 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+PER_DEVICE = {'per_device_batch_size': 'batch_size',
+              'per_device_eval_batch_size': 'eval_batch_size'}
+
+
+def resolve_device_sizes(config, *, num_devices: int, explicit=()):
+    """Set train.batch_size / eval_batch_size from their per-device fields
+    (when > 0) for `num_devices`, the global device count. Config files
+    never ask JAX for devices: that would start its backend before
+    `jax.distributed.initialize`, which then fails on a pod. Idempotent: the
+    per-device fields stay, so a saved config resolves to itself.
+    `explicit` (command-line overrides, 'a.b' paths): a global size set
+    there for a config that sizes it per device is a ConfigError, not
+    silently replaced."""
+    t = config.train
+    for per_device, global_field in PER_DEVICE.items():
+        _require(t[per_device] >= 0, f'train.{per_device} must be >= 0, got {t[per_device]}')
+        if t[per_device] > 0:
+            _require(f'train.{global_field}' not in explicit,
+                     f'train.{global_field} is set on the command line, but the config sizes '
+                     f'it per device (train.{per_device}={t[per_device]}); override '
+                     f'train.{per_device} instead, or set it to 0')
+            t[global_field] = t[per_device] * num_devices
+    return config
+
+
 def optimizer_group(**overrides) -> ml_collections.ConfigDict:
     """The fields of one optimizer (config.optimizer, refine.*_optimizer)."""
     o = ml_collections.ConfigDict()
     o.name = 'sgd'
-    o.learning_rate = 0.1         # for the global batch
+    o.learning_rate = 0.1         # for the global batch, or for reference_batch_size
+    o.reference_batch_size = 0    # > 0: lr = learning_rate x batch_size / this (linear scaling)
     o.momentum = 0.9
     o.nesterov = True
     o.weight_decay = 5e-4         # sgd: coupled L2 (grad += wd * w); adamw: decoupled
@@ -363,6 +391,10 @@ def validate(config, *, num_devices: int) -> None:
     for field in ('batch_size', 'eval_batch_size'):
         _require(t[field] % num_devices == 0,
                  f'train.{field}={t[field]} is not divisible by the device count {num_devices}')
+    for per_device, global_field in PER_DEVICE.items():
+        _require(t[per_device] == 0 or t[global_field] == t[per_device] * num_devices,
+                 f'train.{global_field}={t[global_field]} is not train.{per_device}='
+                 f'{t[per_device]} x {num_devices} devices (resolve_device_sizes sets it)')
     for field in ('log_every', 'eval_every', 'checkpoint_every', 'early_stopping_patience',
                   'eval_negative_cam_k'):
         _require(t[field] >= 0, f'train.{field} must be >= 0, got {t[field]}')
@@ -456,6 +488,9 @@ def _check_optimizer(o, where: str) -> None:
     _require(o.schedule in SCHEDULES,
              f'{where}.schedule={o.schedule!r} must be one of {SCHEDULES}')
     _require(o.learning_rate > 0, f'{where}.learning_rate must be > 0, got {o.learning_rate}')
+    _require(o.reference_batch_size >= 0,
+             f'{where}.reference_batch_size must be >= 0 (0: learning_rate is for the global '
+             f'batch), got {o.reference_batch_size}')
     _require(o.weight_decay >= 0, f'{where}.weight_decay must be >= 0, got {o.weight_decay}')
     for field in ('momentum', 'b1', 'b2'):
         _require(0 <= o[field] < 1, f'{where}.{field} must be in [0, 1), got {o[field]}')

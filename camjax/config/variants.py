@@ -47,6 +47,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     d.val_fraction, d.num_threads, d.prefetch = 0.25, 1, 2
     d.crop_padding = min(d.crop_padding, 4)
     t.num_steps, t.batch_size, t.eval_batch_size = 2, 8, 16
+    t.per_device_batch_size = t.per_device_eval_batch_size = 0
     t.log_every, t.eval_every, t.checkpoint_every = 1, 2, 2
     t.init_from, t.early_stopping_patience = '', 0
     # Refine / sweep: 2 steps as well (one classification + one LinR step, or

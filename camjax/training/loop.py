@@ -17,7 +17,7 @@ import numpy as np
 
 from camjax import lock, objectives, parallel
 from camjax.checkpoint import Checkpointer
-from camjax.config.schema import selection_direction
+from camjax.config.schema import resolve_device_sizes, selection_direction
 from camjax.data import Splits, TrainBatches, eval_batches
 from camjax.evaluation.classification import evaluate, make_eval_step
 from camjax.rundir import LABEL_NOISE, RunDir
@@ -163,6 +163,7 @@ class RunParts:
             raise
 
     def _build(self, config, workdir, splits, total_steps):
+        resolve_device_sizes(config, num_devices=jax.device_count())  # as the CLI does
         self.rundir.create(config)  # the library API writes the same run directory as the CLI
         self.log = RunLog(self.rundir)
         self.mesh = parallel.make_mesh()

@@ -3,11 +3,23 @@
 import optax
 
 
-def make_schedule(cfg, *, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warmup from 0 over `warmup_epochs`, then constant, cosine decay to
-    0 at `total_steps`, or step decay by `step_factor` at each of `step_epochs`."""
+def peak_learning_rate(cfg, *, batch_size: int) -> float:
+    """`cfg.learning_rate`, or with `cfg.reference_batch_size` > 0 the linear
+    scaling rule (Goyal et al., 2017): learning_rate x batch_size / reference,
+    e.g. 0.1 per 256 images for the ImageNet ResNets (He et al., 2016)."""
+    if cfg.reference_batch_size:
+        return cfg.learning_rate * batch_size / cfg.reference_batch_size
+    return cfg.learning_rate
+
+
+def make_schedule(cfg, *, total_steps: int, steps_per_epoch: int,
+                  batch_size: int) -> optax.Schedule:
+    """Linear warmup from 0 over `warmup_epochs` to the peak learning rate
+    (`peak_learning_rate` of the global `batch_size`), then constant, cosine
+    decay to 0 at `total_steps`, or step decay by `step_factor` at each of
+    `step_epochs`."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    lr = cfg.learning_rate
+    lr = peak_learning_rate(cfg, batch_size=batch_size)
     if cfg.schedule == 'cosine':
         main = optax.cosine_decay_schedule(lr, decay_steps=max(total_steps - warmup, 1))
     elif cfg.schedule == 'step':

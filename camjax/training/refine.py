@@ -148,7 +148,8 @@ def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None,
         txs, schedules = {}, {}
         for phase, cfg in (('cls', r.cls_optimizer), ('linr', r.linr_optimizer)):
             schedules[phase] = optim.make_schedule(cfg, total_steps=r.rounds * phase_steps[phase],
-                                                   steps_per_epoch=per_epoch)
+                                                   steps_per_epoch=per_epoch,
+                                                   batch_size=config.train.batch_size)
             txs[phase] = optim.make_optimizer(cfg, schedules[phase])
         skip = config.train.skip_nonfinite_updates
         steps = {'cls': make_cls_step(parts.model, parts.objective, txs['cls'],

@@ -87,7 +87,8 @@ def train_and_evaluate(config, workdir: str, splits: Splits, *,
     try:
         plan = parts.plan
         schedule = optim.make_schedule(config.optimizer, total_steps=plan.total_steps,
-                                       steps_per_epoch=plan.steps_per_epoch)
+                                       steps_per_epoch=plan.steps_per_epoch,
+                                       batch_size=config.train.batch_size)
         tx = optim.make_optimizer(config.optimizer, schedule)
         train_step = make_train_step(parts.model, parts.objective, tx, pos_rate=parts.pos_rate,
                                      skip_nonfinite=config.train.skip_nonfinite_updates,
