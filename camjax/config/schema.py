@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.eval_batch_size = 256
     t.per_device_batch_size = 0   # > 0: batch_size = this x the device count, resolved
     t.per_device_eval_batch_size = 0  # after jax.distributed starts (likewise eval_batch_size)
+    t.grad_accum_steps = 1        # > 1: each step's gradient over this many microbatches of
+    #                               batch_size / grad_accum_steps, in turn (less memory)
     t.num_epochs = 10.0
     t.num_steps = 0               # > 0 overrides num_epochs
     t.log_every = 50
@@ -391,6 +393,11 @@ def validate(config, *, num_devices: int) -> None:
     for field in ('batch_size', 'eval_batch_size'):
         _require(t[field] % num_devices == 0,
                  f'train.{field}={t[field]} is not divisible by the device count {num_devices}')
+    _require(t.grad_accum_steps >= 1,
+             f'train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}')
+    _require(t.batch_size % (t.grad_accum_steps * num_devices) == 0,
+             f'train.batch_size={t.batch_size} must split into train.grad_accum_steps='
+             f'{t.grad_accum_steps} microbatches that divide over {num_devices} device(s)')
     for per_device, global_field in PER_DEVICE.items():
         _require(t[per_device] == 0 or t[global_field] == t[per_device] * num_devices,
                  f'train.{global_field}={t[global_field]} is not train.{per_device}='

@@ -20,7 +20,7 @@ from camjax import losses
 from camjax.config import preflight
 from camjax.data import normalize_images
 from camjax.rundir import RunDir, read_records
-from camjax.training import nonfinite, optim
+from camjax.training import accumulate, nonfinite, optim
 from camjax.training.interrupt import StopSignals
 from camjax.training.loop import LoopState, Plan, RunParts, Window, due
 from camjax.training.runlog import Throughput
@@ -79,31 +79,38 @@ def linr_loss(model, refine_cfg, *, params, p2_params, batch_stats, images, key,
 
 
 def make_linr_step(model, tx, refine_cfg, *, seed: int, mean, std, mesh, multilabel: bool,
-                   skip_nonfinite: bool = False):
+                   skip_nonfinite: bool = False, grad_accum_steps: int = 1):
     """Jitted `(state, batch) -> (state, metrics)` minimizing `linr_loss` on
     the batch's images (labels are never read), with the non-finite guard;
     the state is donated and `tx` owns `state.opt_state['linr']`. The
     randomness is a function of (seed, step), so a resumed run repeats it
-    exactly."""
+    exactly. `grad_accum_steps` > 1 averages the gradient over that many
+    microbatches (`camjax.training.accumulate`), each mixed within itself
+    with its own (a, permutation)."""
 
     def linr_step(state: TrainState, batch):
-        images = batch['image']
         key = jax.random.fold_in(jax.random.key(seed), state.step)
 
-        def loss_fn(params):
-            return linr_loss(model, refine_cfg, params=params, p2_params=params,
-                             batch_stats=state.batch_stats,
-                             images=normalize_images(images, mean=mean, std=std), key=key,
-                             multilabel=multilabel)
+        def loss_fn(params, batch_stats, micro):
+            # Each microbatch its own draw: the index rides along in the batch.
+            loss, (batch_stats, scored) = linr_loss(
+                model, refine_cfg, params=params, p2_params=params, batch_stats=batch_stats,
+                images=normalize_images(micro['image'], mean=mean, std=std),
+                key=jax.random.fold_in(key, micro['micro'][0]) if grad_accum_steps > 1 else key,
+                multilabel=multilabel)
+            return loss, (batch_stats, {'loss': loss, 'loss/linr': loss,
+                                        'scored_fraction': scored})
 
-        (loss, (batch_stats, scored)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state.params)
+        micro_index = jnp.arange(batch['image'].shape[0], dtype=jnp.int32) % grad_accum_steps
+        (_, (batch_stats, step_metrics)), grads = accumulate.value_and_grad(
+            loss_fn, state.params, state.batch_stats,
+            {'image': batch['image'], 'micro': micro_index}, steps=grad_accum_steps)
         updates, linr_opt = tx.update(grads, state.opt_state['linr'], state.params)
         new_state = TrainState(step=state.step + 1,
                                params=optax.apply_updates(state.params, updates),
                                batch_stats=batch_stats,
                                opt_state={**state.opt_state, 'linr': linr_opt})
-        return new_state, {'loss': loss, 'loss/linr': loss, 'scored_fraction': scored}
+        return new_state, step_metrics
 
     return jit_step(nonfinite.guard_step(linr_step, skip=skip_nonfinite), mesh)
 
@@ -112,11 +119,12 @@ def make_linr_step(model, tx, refine_cfg, *, seed: int, mean, std, mesh, multila
 # The refine run (LinR paper, Algorithm 1)
 # =============================================================================
 def make_cls_step(model, objective, tx, *, mean, std, mesh, pos_rate=None,
-                  skip_nonfinite: bool = False):
+                  skip_nonfinite: bool = False, grad_accum_steps: int = 1):
     """Jitted classification step of a refine run: the training step on
     `state.opt_state['cls']`, leaving the LinR optimizer's state alone, with
     the non-finite guard."""
-    inner = train_step_fn(model, objective, tx, mean=mean, std=std, pos_rate=pos_rate)
+    inner = train_step_fn(model, objective, tx, mean=mean, std=std, pos_rate=pos_rate,
+                          grad_accum_steps=grad_accum_steps)
 
     def cls_step(state: TrainState, batch):
         stepped, step_metrics = inner(state.replace(opt_state=state.opt_state['cls']), batch)
@@ -151,13 +159,12 @@ def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None,
                                                    steps_per_epoch=per_epoch,
                                                    batch_size=config.train.batch_size)
             txs[phase] = optim.make_optimizer(cfg, schedules[phase])
-        skip = config.train.skip_nonfinite_updates
+        step_options = {'skip_nonfinite': config.train.skip_nonfinite_updates,
+                        'grad_accum_steps': config.train.grad_accum_steps, **parts.step_kwargs}
         steps = {'cls': make_cls_step(parts.model, parts.objective, txs['cls'],
-                                      pos_rate=parts.pos_rate, skip_nonfinite=skip,
-                                      **parts.step_kwargs),
+                                      pos_rate=parts.pos_rate, **step_options),
                  'linr': make_linr_step(parts.model, txs['linr'], r, seed=config.seed,
-                                        multilabel=splits.multilabel, skip_nonfinite=skip,
-                                        **parts.step_kwargs)}
+                                        multilabel=splits.multilabel, **step_options)}
         initial = init_state(parts.model, lambda p: {ph: tx.init(p) for ph, tx in txs.items()},
                              seed=config.seed, image_size=config.dataset.image_size,
                              mesh=parts.mesh)

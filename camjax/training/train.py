@@ -14,7 +14,7 @@ import optax
 from camjax import objectives, parallel
 from camjax.data import Splits, normalize_images
 from camjax.evaluation import metrics as metrics_lib
-from camjax.training import nonfinite, optim
+from camjax.training import accumulate, nonfinite, optim
 from camjax.training.interrupt import StopSignals
 from camjax.training.loop import LoopState, RunParts, Window, due
 from camjax.training.runlog import Throughput
@@ -33,38 +33,36 @@ def jit_step(step, mesh):
 
 
 def make_train_step(model, objective, tx, *, mean, std, mesh, pos_rate=None,
-                    skip_nonfinite: bool = False):
+                    skip_nonfinite: bool = False, grad_accum_steps: int = 1):
     """Jitted `(state, batch) -> (state, metrics)`, the state donated, with
     the non-finite guard's indicators (`camjax.training.nonfinite`)."""
-    step = train_step_fn(model, objective, tx, mean=mean, std=std, pos_rate=pos_rate)
+    step = train_step_fn(model, objective, tx, mean=mean, std=std, pos_rate=pos_rate,
+                         grad_accum_steps=grad_accum_steps)
     return jit_step(nonfinite.guard_step(step, skip=skip_nonfinite), mesh)
 
 
-def train_step_fn(model, objective, tx, *, mean, std, pos_rate=None):
+def train_step_fn(model, objective, tx, *, mean, std, pos_rate=None, grad_accum_steps: int = 1):
     """The pure `(state, batch) -> (state, metrics)` of one `tx` step on
     `objective`, for composing into other steps (a refine run's classification
     phase). `pos_rate` (K,) is the training split's positive rate (multi-label
-    only)."""
+    only). `grad_accum_steps` > 1 computes the step's gradient over that many
+    microbatches in turn (`camjax.training.accumulate`)."""
 
-    def train_step(state: TrainState, batch: dict):
+    def loss_fn(params, batch_stats, batch):
         images = normalize_images(batch['image'], mean=mean, std=std)
         weights = jnp.ones(images.shape[0], jnp.float32)
+        logits, features, batch_stats = forward(model, params, batch_stats, images, train=True)
+        inputs = objectives.objective_inputs(logits, features, batch['label'], params, pos_rate)
+        loss, terms = objective(inputs, weights)
+        accuracy = jnp.mean(metrics_lib.example_accuracy(logits=logits, labels=batch['label']))
+        return loss, (batch_stats, {'loss': loss, 'accuracy': accuracy,
+                                    **{f'loss/{name}': value for name, value in terms.items()}})
 
-        def loss_fn(params):
-            logits, features, batch_stats = forward(model, params, state.batch_stats, images,
-                                                     train=True)
-            inputs = objectives.objective_inputs(logits, features, batch['label'], params,
-                                                 pos_rate)
-            loss, terms = objective(inputs, weights)
-            return loss, (terms, batch_stats, logits)
-
-        (loss, (terms, batch_stats, logits)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state.params)
+    def train_step(state: TrainState, batch: dict):
+        (_, (batch_stats, step_metrics)), grads = accumulate.value_and_grad(
+            loss_fn, state.params, state.batch_stats, batch, steps=grad_accum_steps)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        accuracy = jnp.mean(metrics_lib.example_accuracy(logits=logits, labels=batch['label']))
-        step_metrics = {'loss': loss, 'accuracy': accuracy,
-                        **{f'loss/{name}': value for name, value in terms.items()}}
         new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                                opt_state=opt_state)
         return new_state, step_metrics
@@ -92,6 +90,7 @@ def train_and_evaluate(config, workdir: str, splits: Splits, *,
         tx = optim.make_optimizer(config.optimizer, schedule)
         train_step = make_train_step(parts.model, parts.objective, tx, pos_rate=parts.pos_rate,
                                      skip_nonfinite=config.train.skip_nonfinite_updates,
+                                     grad_accum_steps=config.train.grad_accum_steps,
                                      **parts.step_kwargs)
         initial = init_state(parts.model, tx.init, seed=config.seed,
                              image_size=config.dataset.image_size, mesh=parts.mesh)
