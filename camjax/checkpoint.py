@@ -187,14 +187,30 @@ def restore_model_variables(path: str, step: int | None = None) -> dict:
 
     `path` is a run's workdir (its newest save), or a `checkpoints/` or `best/`
     directory. Arrays come back as saved, with no target structure, so the
-    caller can compare shapes against its own model. Raises CamjaxError when
-    nothing restorable is found.
+    caller can compare shapes against its own model; they are replicated over
+    this process's devices, whatever the devices of the run that saved them (a
+    pod's checkpoint restores on a laptop). Raises CamjaxError when nothing
+    restorable is found.
     """
-    manager, _, step = _resolve_step(path, step)
+    from camjax import parallel
+    manager, directory, step = _resolve_step(path, step)
     names = [n for n in ('params', 'batch_stats') if n in _saved_items(manager, step)]
+    sharding = parallel.replicated(parallel.make_mesh())
+    targets = {n: jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                                 sharding=sharding),
+                               _item_metadata(directory, step, n)) for n in names}
     restored = manager.restore(step, args=ocp.args.Composite(
-        **{n: ocp.args.StandardRestore() for n in names}))
+        **{n: ocp.args.StandardRestore(targets[n]) for n in names}))
     return {'params': restored['params'], 'batch_stats': restored.get('batch_stats') or {}}
+
+
+def _item_metadata(directory: str, step: int, name: str):
+    """The saved tree of item `name` as Orbax metadata leaves (shape, dtype)."""
+    try:
+        return ocp.StandardCheckpointHandler().metadata(epath.Path(directory) / str(step) / name)
+    except Exception as e:  # noqa: BLE001 -- any unreadable metadata is a damaged save
+        raise CamjaxError(f'checkpoint {directory}/{step}/{name} is unreadable '
+                          f'({type(e).__name__})') from None
 
 
 def saved_variable_shapes(path: str, step: int | None = None) -> dict:
@@ -208,12 +224,7 @@ def saved_variable_shapes(path: str, step: int | None = None) -> dict:
         if name not in saved:
             shapes[name] = {}
             continue
-        try:
-            tree = ocp.StandardCheckpointHandler().metadata(
-                epath.Path(directory) / str(step) / name)
-        except Exception as e:  # noqa: BLE001 -- any unreadable metadata is a damaged save
-            raise CamjaxError(f'checkpoint {directory}/{step}/{name} is unreadable '
-                              f'({type(e).__name__})') from None
+        tree = _item_metadata(directory, step, name)
         shapes[name] = {'/'.join(str(getattr(k, 'key', k)) for k in key_path): tuple(leaf.shape)
                         for key_path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
     return shapes

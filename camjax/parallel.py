@@ -32,8 +32,31 @@ def maybe_initialize_distributed() -> bool:
     before anything touches a device."""
     if not _is_multihost_launch():
         return False
-    jax.distributed.initialize()
+    jax.distributed.initialize(**camjax_launch_args())
     return True
+
+
+def camjax_launch_args() -> dict:
+    """jax.distributed.initialize's arguments from CAMJAX_COORDINATOR
+    (host:port of process 0), CAMJAX_NUM_PROCESSES and CAMJAX_PROCESS_ID;
+    {} without CAMJAX_COORDINATOR (JAX detects SLURM, Open MPI, Cloud TPU
+    and JAX_COORDINATOR_ADDRESS itself)."""
+    from camjax.errors import ConfigError
+    address = os.environ.get('CAMJAX_COORDINATOR')
+    if not address:
+        return {}
+    values = {}
+    for name, arg in (('CAMJAX_NUM_PROCESSES', 'num_processes'),
+                      ('CAMJAX_PROCESS_ID', 'process_id')):
+        try:
+            values[arg] = int(os.environ[name])
+        except (KeyError, ValueError):
+            raise ConfigError(f'CAMJAX_COORDINATOR={address} is set, so {name} must be an '
+                              f'integer; got {os.environ.get(name)!r}') from None
+    if not 0 <= values['process_id'] < values['num_processes']:
+        raise ConfigError(f"CAMJAX_PROCESS_ID={values['process_id']} must be in "
+                          f"[0, CAMJAX_NUM_PROCESSES={values['num_processes']})")
+    return {'coordinator_address': address, **values}
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -27,3 +27,23 @@ def test_multihost_detection(env, multihost, monkeypatch):
     monkeypatch.setattr(parallel.jax.distributed, 'initialize', lambda: calls.append(1))
     assert parallel.maybe_initialize_distributed() is multihost
     assert calls == ([1] if multihost else [])
+
+
+def test_the_camjax_launch_names_coordinator_count_and_id(monkeypatch):
+    for var in LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv('CAMJAX_COORDINATOR', 'host0:1234')
+    monkeypatch.setenv('CAMJAX_NUM_PROCESSES', '4')
+    monkeypatch.setenv('CAMJAX_PROCESS_ID', '3')
+    calls = []
+    monkeypatch.setattr(parallel.jax.distributed, 'initialize',
+                        lambda **kwargs: calls.append(kwargs))
+    assert parallel.maybe_initialize_distributed()
+    assert calls == [{'coordinator_address': 'host0:1234', 'num_processes': 4, 'process_id': 3}]
+    from camjax.errors import ConfigError
+    monkeypatch.setenv('CAMJAX_PROCESS_ID', '4')
+    with pytest.raises(ConfigError, match=r'CAMJAX_PROCESS_ID=4 must be in \[0, '):
+        parallel.maybe_initialize_distributed()
+    monkeypatch.delenv('CAMJAX_NUM_PROCESSES')
+    with pytest.raises(ConfigError, match='CAMJAX_NUM_PROCESSES must be an integer'):
+        parallel.maybe_initialize_distributed()

@@ -32,7 +32,9 @@ reading (``tfds.data_source`` decodes with PIL) needs TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
+import os
 import struct
 import zlib
 
@@ -316,8 +318,17 @@ def prepare(
     # TFDS rejects a new config object named like a BUILDER_CONFIGS entry: reuse that entry.
     cfg = SyntheticShapes.builder_configs.get(cfg.name, cfg)
     builder = SyntheticShapes(data_dir=data_dir, config=cfg, file_format="array_record")
-    if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-        )
+    if builder.is_prepared():
+        return builder
+    # Several processes on one host (a multi-process run) open the same data
+    # dir: one prepares, the others wait and then find it prepared.
+    root = data_dir or os.path.expanduser("~/tensorflow_datasets")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f".synthetic_shapes-{cfg.name}.lock"), "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        builder = SyntheticShapes(data_dir=data_dir, config=cfg, file_format="array_record")
+        if not builder.is_prepared():
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            )
     return builder

@@ -1,0 +1,138 @@
+"""Two local CPU processes under `jax.distributed` (the CAMJAX_COORDINATOR /
+CAMJAX_NUM_PROCESSES / CAMJAX_PROCESS_ID launch; CPU collectives through
+gloo, JAX's default): the same steps as one process on the same global
+batch, one set of files written, and an exact resume."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+
+import jax
+import numpy as np
+from conftest import ROOT, comparable_records
+
+from camjax.checkpoint import restore_model_variables, saved_steps
+
+STEP_WORKER = '''
+import json, sys
+import jax
+from camjax import parallel
+parallel.maybe_initialize_distributed()
+import numpy as np, optax
+from camjax import objectives
+from camjax.models import MODELS
+from camjax.training import train
+from camjax.training.state import init_state
+mesh = parallel.make_mesh()
+model = MODELS['resnet8'](num_classes=6, width=8)
+tx = optax.sgd(0.1, momentum=0.9)
+state = init_state(model, tx.init, seed=0, image_size=16, mesh=mesh)
+objective = objectives.build_objective((dict(name='cross_entropy'),
+                                        dict(name='hnc_kd', k=3)))
+step = train.make_train_step(model, objective, tx, mesh=mesh, mean=(0.5,) * 3,
+                             std=(0.25,) * 3)
+n, p, losses = jax.process_count(), jax.process_index(), []
+for i in range(3):  # the same global batches; each process holds its half
+    rng = np.random.default_rng(i)
+    batch = {'image': rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+             'label': rng.integers(0, 6, 16).astype(np.int32)}
+    local = {k: v[p * 16 // n:(p + 1) * 16 // n] for k, v in batch.items()}
+    state, metrics = step(state, {k: jax.make_array_from_process_local_data(
+        parallel.batch_sharded(mesh), v) for k, v in local.items()})
+    losses.append(float(metrics['loss']))
+params = [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(jax.device_get(state.params))]
+print(json.dumps({'processes': n, 'devices': jax.device_count(), 'losses': losses,
+                  'params': params}))
+'''
+
+TINY_RUN = ['--config=configs/default.py', '--config.dataset.image_size=32',
+            '--config.dataset.synthetic.num_train=480', '--config.dataset.synthetic.num_test=96',
+            '--config.model.width=8', '--config.model.stem_stride=1',
+            '--config.train.batch_size=32', '--config.train.num_steps=6',
+            '--config.train.checkpoint_every=3', '--config.train.eval_every=3',
+            '--config.train.log_every=1']
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(args, timeout=300):
+    """Run `python ARGS` as processes 0 and 1 of one jax.distributed job;
+    returns [(status, stdout, stderr)] by process. Output goes to files, not
+    pipes: a process blocked on a full pipe would hold up the other's exit
+    (jax.distributed's shutdown waits for both)."""
+    port = _port()
+    files = [(tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')) for _ in range(2)]
+    procs = [subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, stdout=out, stderr=err, text=True,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'CAMJAX_COORDINATOR': f'localhost:{port}',
+             'CAMJAX_NUM_PROCESSES': '2', 'CAMJAX_PROCESS_ID': str(i)})
+        for i, (out, err) in enumerate(files)]
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            p.kill()
+    results = []
+    for p, (out, err) in zip(procs, files, strict=True):
+        out.seek(0)
+        err.seek(0)
+        results.append((p.returncode, out.read(), err.read()))
+        out.close()
+        err.close()
+    return results
+
+
+def _last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_two_processes_take_the_same_steps_as_one():
+    results = _two_processes(['-c', STEP_WORKER], timeout=200)
+    assert [r[0] for r in results] == [0, 0], [r[2][-2000:] for r in results]
+    one = subprocess.run([sys.executable, '-c', STEP_WORKER], cwd=ROOT, capture_output=True,
+                         text=True, timeout=200,
+                         env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+                              'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+    assert one.returncode == 0, one.stderr[-2000:]
+    single, *pair = [_last_json(out) for out in (one.stdout, results[0][1], results[1][1])]
+    assert single['processes'] == 1 and pair[0]['processes'] == 2
+    assert single['devices'] == pair[0]['devices'] == 2
+    for other in pair:
+        np.testing.assert_allclose(other['losses'], single['losses'], rtol=1e-5)
+        for a, b in zip(other['params'], single['params'], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_two_process_run_writes_once_and_resumes_bit_identically(tmp_path):
+    workdir = tmp_path / 'run'
+    command = ['-m', 'camjax.main', *TINY_RUN, f'--workdir={workdir}']
+    results = _two_processes(command)
+    assert [r[0] for r in results] == [0, 0], [r[2][-2000:] for r in results]
+    # Process 0 logs and writes; process 1 only computes.
+    assert 'step 6/6' in results[0][1] and 'step ' not in results[1][1]
+    records = comparable_records(workdir)
+    assert [r['step'] for r in records if r['kind'] == 'train'] == [1, 2, 3, 4, 5, 6]
+    assert [r['kind'] for r in records].count('best') == 1
+    assert sorted(saved_steps(str(workdir))) == [3, 6]  # each save once, through Orbax
+    assert sorted(os.listdir(workdir)) == ['best', 'checkpoints', 'config.json',
+                                           'metrics.jsonl']  # the lock is gone
+    # Resume in 2-process mode: drop the newest save and run again.
+    resumed = tmp_path / 'resumed'
+    shutil.copytree(workdir, resumed)
+    shutil.rmtree(resumed / 'checkpoints' / '6')
+    again = _two_processes(['-m', 'camjax.main', *TINY_RUN, f'--workdir={resumed}'])
+    assert [r[0] for r in again] == [0, 0], [r[2][-2000:] for r in again]
+    assert 'resumed from step 3' in again[0][1]
+    a, b = restore_model_variables(str(workdir)), restore_model_variables(str(resumed))
+    assert all(np.array_equal(x, y) for x, y in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    assert comparable_records(resumed) == records
