@@ -63,18 +63,23 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(args, timeout=300):
-    """Run `python ARGS` as processes 0 and 1 of one jax.distributed job;
-    returns [(status, stdout, stderr)] by process. Output goes to files, not
-    pipes: a process blocked on a full pipe would hold up the other's exit
-    (jax.distributed's shutdown waits for both)."""
+def _start_two(args):
+    """Start `python ARGS` as processes 0 and 1 of one jax.distributed job.
+    Output goes to files, not pipes: a process blocked on a full pipe would
+    hold up the other's exit (jax.distributed's shutdown waits for both)."""
     port = _port()
-    files = [(tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')) for _ in range(2)]
+    files = [(tempfile.NamedTemporaryFile('w+'), tempfile.NamedTemporaryFile('w+'))
+             for _ in range(2)]
     procs = [subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, stdout=out, stderr=err, text=True,
         env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'CAMJAX_COORDINATOR': f'localhost:{port}',
              'CAMJAX_NUM_PROCESSES': '2', 'CAMJAX_PROCESS_ID': str(i)})
         for i, (out, err) in enumerate(files)]
+    return procs, files
+
+
+def _finish(procs, files, timeout=300):
+    """[(status, stdout, stderr)] by process, once both have exited."""
     try:
         for p in procs:
             p.wait(timeout=timeout)
@@ -89,6 +94,10 @@ def _two_processes(args, timeout=300):
         out.close()
         err.close()
     return results
+
+
+def _two_processes(args, timeout=300):
+    return _finish(*_start_two(args), timeout=timeout)
 
 
 def _last_json(stdout):
@@ -136,3 +145,28 @@ def test_two_process_run_writes_once_and_resumes_bit_identically(tmp_path):
     assert all(np.array_equal(x, y) for x, y in
                zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
     assert comparable_records(resumed) == records
+
+
+def test_sigterm_to_one_process_stops_the_run_on_both_at_one_saved_step(tmp_path):
+    """Preemption of one host: JAX's preemption sync makes every process stop
+    after the same step, save it once, print the stop line and exit 0."""
+    import re
+    import signal
+    import time
+    workdir = tmp_path / 'run'
+    args = [*TINY_RUN, '--config.train.num_steps=400', '--config.train.checkpoint_every=200',
+            '--config.train.eval_every=200']
+    procs, files = _start_two(['-m', 'camjax.main', *args, f'--workdir={workdir}'])
+    deadline = time.time() + 240
+    while 'step 3/' not in open(files[0][0].name).read() and time.time() < deadline:
+        assert all(p.poll() is None for p in procs), 'a process ended before the signal'
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    results = _finish(procs, files)
+    assert [r[0] for r in results] == [0, 0], [r[2][-2000:] for r in results]
+    stops = [re.search(r'^camjax: stopped by SIGTERM at step (\d+), after saving a '
+                       r'checkpoint; resume with: ', r[2], re.M) for r in results]
+    assert all(stops) and stops[0][1] == stops[1][1], [r[2][-1000:] for r in results]
+    step = int(stops[0][1])
+    assert 3 <= step < 400 and saved_steps(str(workdir)) == [step]
+    assert 'Traceback' not in results[0][2] + results[1][2]
