@@ -49,10 +49,14 @@ print(json.dumps({'processes': n, 'devices': jax.device_count(), 'losses': losse
                   'params': params}))
 '''
 
+# 97 test images in eval batches of 16 per process: shards of 49 and 48, so
+# process 0 has 4 batches and process 1 only 3 (and an all-padding fourth):
+# both must run the same number of collective steps.
 TINY_RUN = ['--config=configs/default.py', '--config.dataset.image_size=32',
-            '--config.dataset.synthetic.num_train=480', '--config.dataset.synthetic.num_test=96',
+            '--config.dataset.synthetic.num_train=480', '--config.dataset.synthetic.num_test=97',
             '--config.model.width=8', '--config.model.stem_stride=1',
-            '--config.train.batch_size=32', '--config.train.num_steps=6',
+            '--config.train.batch_size=32', '--config.train.eval_batch_size=32',
+            '--config.train.num_steps=6',
             '--config.train.checkpoint_every=3', '--config.train.eval_every=3',
             '--config.train.log_every=1']
 
@@ -131,6 +135,8 @@ def test_two_process_run_writes_once_and_resumes_bit_identically(tmp_path):
     records = comparable_records(workdir)
     assert [r['step'] for r in records if r['kind'] == 'train'] == [1, 2, 3, 4, 5, 6]
     assert [r['kind'] for r in records].count('best') == 1
+    evals = [r for r in records if r['kind'] == 'eval']
+    assert [r['test']['count'] for r in evals] == [97, 97]  # every image once, no padding
     assert sorted(saved_steps(str(workdir))) == [3, 6]  # each save once, through Orbax
     assert sorted(os.listdir(workdir)) == ['best', 'checkpoints', 'config.json',
                                            'metrics.jsonl']  # the lock is gone
