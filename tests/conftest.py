@@ -61,6 +61,14 @@ def comparable_records(workdir):
             for r in read_records(str(workdir)) if r['kind'] != 'resume']
 
 
+def free_port() -> int:
+    """A TCP port on localhost that is free now (for a jax.distributed coordinator)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        return s.getsockname()[1]
+
+
 def file_hashes(root) -> dict:
     """{relative path: sha256} of every file under `root`: compare two of
     them to show that nothing under it was written."""

@@ -6,14 +6,13 @@ batch, one set of files written, and an exact resume."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 
 import jax
 import numpy as np
-from conftest import ROOT, comparable_records
+from conftest import ROOT, comparable_records, free_port
 
 from camjax.checkpoint import restore_model_variables, saved_steps
 
@@ -61,17 +60,11 @@ TINY_RUN = ['--config=configs/default.py', '--config.dataset.image_size=32',
             '--config.train.log_every=1']
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(('localhost', 0))
-        return s.getsockname()[1]
-
-
 def _start_two(args):
     """Start `python ARGS` as processes 0 and 1 of one jax.distributed job.
     Output goes to files, not pipes: a process blocked on a full pipe would
     hold up the other's exit (jax.distributed's shutdown waits for both)."""
-    port = _port()
+    port = free_port()
     files = [(tempfile.NamedTemporaryFile('w+'), tempfile.NamedTemporaryFile('w+'))
              for _ in range(2)]
     procs = [subprocess.Popen(

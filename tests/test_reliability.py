@@ -1,7 +1,7 @@
 """Reliability of a run: stop requests, the non-finite guard, the workdir
 lock and safe config changes on an existing workdir. (Kills at random moments
 are in test_resume_kill.py; a stop request in the loop, and determinism, in
-test_train.py.)"""
+test_train.py; a stop across two processes in test_multiprocess.py.)"""
 
 import json
 import os
@@ -48,47 +48,6 @@ def test_signals_become_a_stop_request_and_a_second_one_kills():
                                 capture_output=True, text=True, timeout=120)
         assert result.stdout.split() == [name], result
         assert result.returncode == -signum and 'Traceback' not in result.stderr
-
-
-TWO_PROCESS_WORKER = textwrap.dedent('''
-    import sys, time
-    import jax
-    from camjax.training.interrupt import StopSignals
-    port, process_id = sys.argv[1], int(sys.argv[2])
-    with StopSignals(before_jax=True):  # as main() does, before jax.distributed starts
-        jax.distributed.initialize(coordinator_address=f'localhost:{port}', num_processes=2,
-                                   process_id=process_id)
-        with StopSignals() as stops:  # as each loop does
-            print('ready', flush=True)
-            for step in range(1, 3001):
-                time.sleep(0.02)  # a training step
-                if stops.requested(step):
-                    print('stopped', stops.requested(step), step, flush=True)
-                    break
-''')
-
-
-def test_sigterm_to_one_process_stops_every_process_at_the_same_step():
-    """Multi-process: SIGTERM belongs to JAX's preemption sync manager, and
-    `requested` (reached_preemption_sync_point) turns true on every process
-    at the same step, though only one process got the signal."""
-    with socket.socket() as s:
-        s.bind(('localhost', 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-    procs = [subprocess.Popen([sys.executable, '-c', TWO_PROCESS_WORKER, str(port), str(i)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    try:
-        assert [p.stdout.readline().strip() for p in procs] == ['ready', 'ready']
-        procs[1].send_signal(15)
-        outputs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    lines = [out.split() for out, _ in outputs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    assert lines[0][:2] == ['stopped', 'SIGTERM'] and lines[0] == lines[1], outputs
 
 
 @pytest.mark.parametrize('name,status', [('SIGTERM', 0), ('SIGINT', 130)])

@@ -117,13 +117,11 @@ def test_loading_every_config_and_variant_touches_no_device():
     the backend, and on a pod the initialize then fails. Per-device sizes
     (train.per_device_batch_size) are resolved later instead."""
     import json
-    import socket
     import subprocess
     import sys
-    with socket.socket() as s:
-        s.bind(('localhost', 0))
-        port = s.getsockname()[1]
-    result = subprocess.run([sys.executable, '-c', LOAD_EVERY_VARIANT, str(port), *CONFIGS],
+
+    from conftest import free_port
+    result = subprocess.run([sys.executable, '-c', LOAD_EVERY_VARIANT, str(free_port()), *CONFIGS],
                             cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
     assert result.returncode == 0, result.stderr[-3000:]
