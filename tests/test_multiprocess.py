@@ -12,6 +12,7 @@ import tempfile
 
 import jax
 import numpy as np
+import pytest
 from conftest import ROOT, comparable_records, free_port
 
 from camjax.checkpoint import restore_model_variables, saved_steps
@@ -146,9 +147,13 @@ def test_two_process_run_writes_once_and_resumes_bit_identically(tmp_path):
     assert comparable_records(resumed) == records
 
 
-def test_sigterm_to_one_process_stops_the_run_on_both_at_one_saved_step(tmp_path):
-    """Preemption of one host: JAX's preemption sync makes every process stop
-    after the same step, save it once, print the stop line and exit 0."""
+@pytest.mark.parametrize('name', ['SIGTERM', 'SIGINT'])
+def test_a_signal_to_one_process_stops_the_run_on_both_at_one_saved_step(name, tmp_path):
+    """Preemption of one host (SIGTERM), or Ctrl-C reaching one process
+    (SIGINT, passed on to JAX's preemption sync as a SIGTERM): every process
+    stops after the same step, saves it once and prints the stop line. The
+    signalled process reports its own signal (exit 0 or 130), the other
+    SIGTERM (exit 0)."""
     import re
     import signal
     import time
@@ -160,12 +165,14 @@ def test_sigterm_to_one_process_stops_the_run_on_both_at_one_saved_step(tmp_path
     while 'step 3/' not in open(files[0][0].name).read() and time.time() < deadline:
         assert all(p.poll() is None for p in procs), 'a process ended before the signal'
         time.sleep(0.1)
-    procs[1].send_signal(signal.SIGTERM)
+    procs[1].send_signal(getattr(signal, name))
     results = _finish(procs, files)
-    assert [r[0] for r in results] == [0, 0], [r[2][-2000:] for r in results]
-    stops = [re.search(r'^camjax: stopped by SIGTERM at step (\d+), after saving a '
+    assert [r[0] for r in results] == [0, 0 if name == 'SIGTERM' else 130], \
+        [r[2][-2000:] for r in results]
+    stops = [re.search(r'^camjax: stopped by (SIG\w+) at step (\d+), after saving a '
                        r'checkpoint; resume with: ', r[2], re.M) for r in results]
-    assert all(stops) and stops[0][1] == stops[1][1], [r[2][-1000:] for r in results]
-    step = int(stops[0][1])
+    assert all(stops), [r[2][-1000:] for r in results]
+    assert [s[1] for s in stops] == ['SIGTERM', name] and stops[0][2] == stops[1][2]
+    step = int(stops[0][2])
     assert 3 <= step < 400 and saved_steps(str(workdir)) == [step]
     assert 'Traceback' not in results[0][2] + results[1][2]

@@ -10,7 +10,9 @@ checkpoint integrity checks skip a save it cut short).
 With more than one process, SIGTERM belongs to JAX's preemption sync manager
 (started by `jax.distributed.initialize`): `reached_preemption_sync_point`
 becomes true on every process at the same step, so they all save that step.
-SIGINT (a terminal's Ctrl-C) stays local to the process that received it.
+A SIGINT (a terminal's Ctrl-C) that reaches one process only is passed on
+to the preemption sync manager as a SIGTERM, so it too stops every process
+at one step.
 """
 
 import dataclasses
@@ -38,6 +40,12 @@ def _multi_process() -> bool:
     """More than one process: `jax.distributed.initialize` started JAX's
     preemption sync manager, which owns SIGTERM."""
     return jax.process_count() > 1
+
+
+def _preemption_service() -> bool:
+    """Does JAX's preemption sync manager (which owns SIGTERM) run?"""
+    from jax._src import distributed
+    return distributed.global_state.preemption_sync_manager is not None
 
 
 def _reached_preemption(step: int) -> bool:
@@ -96,10 +104,19 @@ class StopSignals:
             os.kill(os.getpid(), signum)
             return
         StopSignals._received = signal.Signals(signum).name
+        if signum == signal.SIGINT and _multi_process() and _preemption_service():
+            # SIGINT reached this process only; as a SIGTERM to itself it goes
+            # to JAX's preemption sync manager, so every process stops at the
+            # same step (this one still reports SIGINT).
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def requested(self, step: int) -> str | None:
         """The signal's name if the loop should stop after `step`, else None.
         Every process must call this at every step (the sync point needs it)."""
-        if _multi_process() and _reached_preemption(step):
-            StopSignals._received = StopSignals._received or 'SIGTERM'
+        if _multi_process() and _preemption_service():
+            # Only at the sync point: a process stopping alone would save
+            # while the others run the next step's collectives.
+            if _reached_preemption(step):
+                return StopSignals._received or 'SIGTERM'
+            return None
         return StopSignals._received
