@@ -44,8 +44,8 @@ def _multi_process() -> bool:
 
 def _preemption_service() -> bool:
     """Does JAX's preemption sync manager (which owns SIGTERM) run?"""
-    from jax._src import distributed
-    return distributed.global_state.preemption_sync_manager is not None
+    from jax._src import distributed  # jax 0.10 has no public accessor for it
+    return getattr(distributed.global_state, 'preemption_sync_manager', None) is not None
 
 
 def _reached_preemption(step: int) -> bool:
