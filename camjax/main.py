@@ -10,13 +10,14 @@ anything is written); 3 the run went non-finite and stopped.
 """
 
 import os
+import re
 import shlex
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
-from camjax.config.schema import MODES, base_config
+from camjax.config.schema import MODES, base_config, override_problem
 from camjax.errors import CamjaxError, ConfigError
 from camjax.rundir import RunDir
 
@@ -56,9 +57,6 @@ def _define_evaluation_flag() -> None:
                                         '--evaluation.split=val (also --config.evaluation.*).',
                                         lock_config=False)
     except (AttributeError, KeyError, TypeError) as e:
-        from ml_collections import ConfigDict
-
-        from camjax.config.schema import override_problem
         config = ConfigDict({'evaluation': evaluation})
         problems = [override_problem(config, arg[2:].split('=')[0]) for arg in sys.argv[1:]
                     if arg.startswith('--evaluation.')]
@@ -69,7 +67,6 @@ _define_evaluation_flag()
 
 
 def parse_flags(argv):
-    from ml_collections import ConfigDict
     try:
         remaining = FLAGS(argv)
     except flags.Error as e:
@@ -87,7 +84,6 @@ def parse_flags(argv):
 
 def _config_arg(argv) -> str | None:
     """The last --config value on the command line (`--config=X` or `--config X`)."""
-    import re
     value = None
     for i, arg in enumerate(argv):
         match = re.match(r'--?config(?:=(.*))?$', arg)
@@ -102,11 +98,6 @@ def _load_failure(argv, error) -> str:
     file, an override naming no field of it (ml_collections raises an
     AttributeError or KeyError then), or what the file raised (`error`;
     None: it returned no ConfigDict)."""
-    import re
-
-    from ml_collections import ConfigDict
-
-    from camjax.config.schema import override_problem
     arg = _config_arg(argv)
     path = arg.partition(':')[0] if arg else None
     if path is not None and not os.path.isfile(path):
