@@ -1,6 +1,8 @@
 """Sources, splits and grain pipelines: determinism, resumable iterator state,
-exact eval coverage, per-process sharding, imagefolder and generic TFDS."""
+exact eval coverage, per-process sharding, a training stream independent of
+the process count, imagefolder and generic TFDS."""
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -9,6 +11,7 @@ from PIL import Image
 
 from camjax import parallel
 from camjax.data import TrainBatches, eval_batches, open_splits
+from camjax.data.pipeline import process_slice, train_dataset
 from camjax.data.sources import ImageFolderSource
 from camjax.errors import CamjaxError
 
@@ -93,7 +96,7 @@ def test_eval_batches_cover_every_example_once(splits):
     np.testing.assert_array_equal(labels[:120], _labels_of(splits.test))
 
 
-def test_per_process_shards_are_disjoint_and_complete():
+def test_per_process_shards_are_disjoint_and_complete(splits):
     cfg = small_config().dataset
     shards = [open_splits(cfg, process_index=i, process_count=2) for i in range(2)]
     for split in ('train', 'val', 'test'):
@@ -102,6 +105,35 @@ def test_per_process_shards_are_disjoint_and_complete():
         assert len(parts[0]) + len(parts[1]) == shards[0].sizes[split]
         seen = [{p[i]['image'].tobytes() for i in range(len(p))} for p in parts]
         assert not seen[0] & seen[1]
+    # Training reads the whole training part on every process, in one global
+    # order: the same as a single process's.
+    whole = [splits.train.full[i]['image'].tobytes() for i in range(len(splits.train.full))]
+    for s in shards:
+        assert [s.train.full[i]['image'].tobytes() for i in range(len(s.train.full))] == whole
+
+
+@pytest.mark.parametrize('count', [1, 2, 4])
+def test_process_slices_concatenate_to_the_one_process_batch(splits, count):
+    """The training stream is a function of (seed, step): for P processes the
+    P slices of each global batch, concatenated, are exactly the batch that
+    one process's TrainBatches yields -- images (augmented) and labels -- for
+    steps on both sides of the first epoch boundary (432 examples: batch 13
+    spans it). A step far into the stream is reached lazily, without reading
+    what lies before it."""
+    cfg = small_config().dataset
+    batches = TrainBatches(splits.train, cfg=cfg, global_batch=32, seed=3,
+                           sharding=parallel.batch_sharded(parallel.make_mesh()))
+    want = [jax.device_get(next(batches)) for _ in range(16)]
+    parts = [train_dataset(splits.train.full, cfg=cfg, global_batch=32, seed=3,
+                           slice_index=i, slice_count=count) for i in range(count)]
+    for step in range(16):
+        for key in ('image', 'label'):
+            np.testing.assert_array_equal(
+                np.concatenate([part[step][key] for part in parts]), want[step][key])
+    far = [part[10**9] for part in parts]
+    assert sum(len(f['label']) for f in far) == 32
+    # One process on the mesh holds every row: slice 0 of 1.
+    assert process_slice(parallel.batch_sharded(parallel.make_mesh()), 32) == (0, 1)
 
 
 def _write_folder(root, split, classes=('cat', 'dog', 'eel'), per_class=5, size=12):

@@ -1,7 +1,9 @@
 """Two local CPU processes under `jax.distributed` (the CAMJAX_COORDINATOR /
 CAMJAX_NUM_PROCESSES / CAMJAX_PROCESS_ID launch; CPU collectives through
 gloo, JAX's default): the same steps as one process on the same global
-batch, one set of files written, and an exact resume."""
+batch, the same training run as one process with as many devices (the
+training stream depends on the seed and the step, not the process count),
+one set of files written, and an exact resume."""
 
 import json
 import os
@@ -13,7 +15,7 @@ import tempfile
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, comparable_records, free_port
+from conftest import ROOT, comparable_records, free_port, run_cli
 
 from camjax.checkpoint import restore_model_variables, saved_steps
 
@@ -119,10 +121,43 @@ def test_two_processes_take_the_same_steps_as_one():
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_two_process_run_writes_once_and_resumes_bit_identically(tmp_path):
-    workdir = tmp_path / 'run'
-    command = ['-m', 'camjax.main', *TINY_RUN, f'--workdir={workdir}']
-    results = _two_processes(command)
+@pytest.fixture(scope='module')
+def two_process_run(tmp_path_factory):
+    """TINY_RUN trained by 2 processes x 1 CPU device: (workdir, results)."""
+    workdir = tmp_path_factory.mktemp('two') / 'run'
+    return workdir, _two_processes(['-m', 'camjax.main', *TINY_RUN, f'--workdir={workdir}'])
+
+
+def test_two_process_run_equals_one_process_with_two_devices(two_process_run, tmp_path):
+    """The CLI's real loop: the same per-step losses, evaluations and final
+    parameters from 2 processes x 1 device as from 1 process x 2 devices,
+    since both read the same global batches (one global shuffle of the whole
+    training split; each process reads and augments its half of each)."""
+    workdir, results = two_process_run
+    assert [r[0] for r in results] == [0, 0], [r[2][-2000:] for r in results]
+    single = tmp_path / 'single'
+    one = run_cli(*TINY_RUN, f'--workdir={single}', timeout=300,
+                  env={'JAX_PLATFORMS': 'cpu',
+                       'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+    assert one.returncode == 0, one.stderr[-2000:]
+    pair, alone = comparable_records(workdir), comparable_records(single)
+    assert [(r['kind'], r['step']) for r in pair] == [(r['kind'], r['step']) for r in alone]
+    losses = [[r['loss'] for r in records if r['kind'] == 'train']
+              for records in (pair, alone)]
+    assert len(losses[0]) == 6
+    np.testing.assert_allclose(losses[0], losses[1], rtol=0, atol=1e-5)
+    for a, b in zip(pair, alone, strict=True):
+        if a['kind'] == 'eval':
+            for split in ('val', 'test'):
+                assert a[split]['count'] == b[split]['count']
+                np.testing.assert_allclose(a[split]['loss'], b[split]['loss'], rtol=0, atol=1e-5)
+    a, b = restore_model_variables(str(workdir)), restore_model_variables(str(single))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-5)
+
+
+def test_two_process_run_writes_once_and_resumes_bit_identically(two_process_run, tmp_path):
+    workdir, results = two_process_run
     assert [r[0] for r in results] == [0, 0], [r[2][-2000:] for r in results]
     # Process 0 logs and writes; process 1 only computes.
     assert 'step 6/6' in results[0][1] and 'step ' not in results[1][1]

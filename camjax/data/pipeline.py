@@ -1,8 +1,20 @@
 """grain input pipelines that yield global batches sharded on the ('data',) mesh.
 
-Each process reads its own share of a split (see sources.py), batches
-`global_batch / process_count` examples, and the per-process batches become one
-global jax.Array with `jax.make_array_from_process_local_data`.
+Each process builds `global_batch / process_count` rows of each global batch,
+and the per-process batches become one global jax.Array with
+`jax.make_array_from_process_local_data`.
+
+Training (`TrainBatches`): the stream is a function of (seed, step) only, not
+of the process or device count. One seeded global shuffle of the whole
+training split (a new order each epoch) is the stream; global batch g is its
+positions [g*B, (g+1)*B); augmentation randomness is a function of (seed,
+stream position). Every process can read the whole split (sources.py), and
+each reads and augments only the rows of each global batch that its devices
+hold on the mesh: with P processes and the mesh's usual process-major device
+order, process p reads positions [g*B + p*B/P, g*B + (p+1)*B/P).
+
+Evaluation (`EvalBatches`): each process reads its own shard of the split
+(sources.py), padded so that all run the same number of steps.
 
 Training batches: {'image': uint8 (B,S,S,3), 'label'}. Eval batches add
 'mask' (0 on padding and on replaced images) and, when the source has
@@ -24,6 +36,7 @@ import jax
 import numpy as np
 
 from camjax.data.boxes import padded_boxes
+from camjax.data.sources import ProcessShard
 from camjax.data.transforms import random_crop_flip, to_rgb
 
 
@@ -69,27 +82,73 @@ class _GlobalBatches:
         return _global(batch, self._sharding)
 
 
-class TrainBatches(_GlobalBatches):
-    """Endless, seeded, augmented global training batches.
+def train_dataset(source, *, cfg, global_batch: int, seed: int, slice_index: int = 0,
+                  slice_count: int = 1) -> grain.MapDataset:
+    """The training stream as a lazy grain MapDataset of local batches: element g
+    is slice `slice_index` of `slice_count` equal slices of global batch g, i.e.
+    stream positions [g*B + i*b, g*B + (i+1)*b) with B = global_batch,
+    b = B / slice_count, i = slice_index. The stream is one seeded shuffle of
+    the whole `source` per epoch (a new order each epoch), augmented with
+    randomness that is a function of (seed, position), so the slices of
+    global batch g for every slice_count concatenate to the same batch."""
+    if global_batch % slice_count or not 0 <= slice_index < slice_count:
+        raise ValueError(f'slice {slice_index} of {slice_count} of a global batch of '
+                         f'{global_batch}')
 
-    Shuffled with a new order every epoch; augmentation randomness is a
-    function of (seed, position), so the stream is a pure function of the seed
-    and `get_state()` -- a small dict saved with each checkpoint -- restores it
-    exactly. `bad_images`: how many images of the batches yielded since this
-    iterator was created or restored were undecodable and replaced.
+    def augment(example, rng):
+        image = to_rgb(example['image'], cfg.image_size)
+        image = random_crop_flip(image, rng, padding=cfg.crop_padding, flip=cfg.random_flip)
+        return {'image': image, 'label': _label(example['label']),
+                'bad_image': _bad_image(example)}
+
+    # random_map seeds each element by its index here, the stream position,
+    # before batching and slicing; all of it is index arithmetic, so a process
+    # reads and augments only its own slice (and nothing is materialized).
+    stream = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+              .random_map(augment))
+    local_batch = global_batch // slice_count
+    return stream.batch(local_batch, drop_remainder=True)[slice_index::slice_count]
+
+
+def process_slice(sharding, global_batch: int) -> tuple[int, int]:
+    """(slice_index, slice_count): which equal slice of each global batch this
+    process must supply to `jax.make_array_from_process_local_data(sharding,
+    ...)`, which lays out a process's local rows as the sorted global rows of its
+    devices. With jax.devices()' process-major order on the ('data',) mesh that is
+    (process_index, process_count); computed from the sharding so that it
+    matches the mesh whatever its device order."""
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+        rows.update(range(*index[0].indices(global_batch)))
+    start, local = min(rows), len(rows)
+    if global_batch % local or start % local or rows != set(range(start, start + local)):
+        raise ValueError(f'this process holds rows {sorted(rows)} of a global batch of '
+                         f'{global_batch}: not one contiguous equal slice (the mesh must '
+                         "order each process's devices together along the batch axis)")
+    return start // local, global_batch // local
+
+
+class TrainBatches(_GlobalBatches):
+    """Endless, seeded, augmented global training batches: `train_dataset`'s
+    stream, this process's slice of each global batch.
+
+    `source` is the whole training split, or a sources.ProcessShard of it
+    (Splits.train), whose whole split (`.full`) is read: every process reads
+    the same stream and keeps its own rows, so global batch g is a function of
+    (seed, g) alone, the same for any process count. Shuffled with a new
+    order every epoch; augmentation randomness is a function of (seed,
+    position). `get_state()` -- a small dict saved with each checkpoint, the
+    number of global batches taken -- restores the stream exactly.
+    `bad_images`: how many images of this process's slices of the batches
+    yielded since this iterator was created or restored were undecodable and
+    replaced.
     """
 
     def __init__(self, source, *, cfg, global_batch: int, seed: int, sharding):
-        local_batch = global_batch // jax.process_count()
-
-        def augment(example, rng):
-            image = to_rgb(example['image'], cfg.image_size)
-            image = random_crop_flip(image, rng, padding=cfg.crop_padding, flip=cfg.random_flip)
-            return {'image': image, 'label': _label(example['label']),
-                    'bad_image': _bad_image(example)}
-
-        dataset = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-                   .random_map(augment).batch(local_batch, drop_remainder=True))
+        source = source.full if isinstance(source, ProcessShard) else source
+        index, count = process_slice(sharding, global_batch)
+        dataset = train_dataset(source, cfg=cfg, global_batch=global_batch, seed=seed,
+                                slice_index=index, slice_count=count)
         super().__init__(iter(dataset.to_iter_dataset(_read_options(cfg))), sharding)
 
     def get_state(self) -> dict:

@@ -7,6 +7,14 @@ test splits. The validation split is carved from train, so model selection
 never looks at test. dataset.train_split / dataset.test_split name the splits
 where a kind has named splits.
 
+Training reads the whole training part on every process: `Splits.train` is a
+`ProcessShard`, this process's share for inspection and evaluation, whose
+`.full` is the whole training part in its global order (the same sequence on
+every process, whatever the process count). `pipeline.TrainBatches` shuffles
+`.full` and reads its process's slice of each global batch, so the training
+stream is a function of the seed and the step only, not of the process count.
+Validation and test stay per-process shards (evaluation pads them).
+
 Kinds (dataset.name):
 * 'synthetic': the embedded synthetic_shapes TFDS dataset (synthetic.py).
 * 'tfds:<name>': a TFDS dataset prepared as array_record; the label is
@@ -71,9 +79,31 @@ KINDS = ('synthetic', 'tfds', 'imagefolder', 'attrfolder', 'tinyimagenet')
 _DIR_KINDS = ('imagefolder', 'attrfolder', 'tinyimagenet')
 
 
+class ProcessShard(Sequence):
+    """Examples `indices` of `full`: one process's share of a split that every
+    process can also read whole (`full`, what training reads). Undecodable
+    images (dataset.on_bad_image='skip') are replaced within `full`, so an
+    example is the same whatever the process count."""
+
+    def __init__(self, full: Sequence, indices):
+        self.full, self.indices = full, np.asarray(indices, np.int64)
+        if hasattr(full, 'has_boxes'):
+            self.has_boxes = full.has_boxes
+        if hasattr(full, 'stored_format'):  # image files' header reader (summary.py)
+            self.stored_format = lambda index: full.stored_format(int(self.indices[index]))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.full[int(self.indices[index])]
+
+
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    train: Sequence
+    # This process's share of the training part; `train.full` is all of it,
+    # identical on every process (what TrainBatches reads).
+    train: ProcessShard
     val: Sequence | None
     test: Sequence
     num_classes: int
@@ -86,10 +116,11 @@ class Splits:
     positive_rate: np.ndarray | None = None
     # With dataset.label_noise: {'noisy', 'original': int32 (N,), 'flipped':
     # bool (N,)} over the whole training part (N = sizes['train'], all
-    # processes) in its global order -- TFDS: example i of train[:N], each
-    # process holding a contiguous block; file kinds: the train files in
-    # listing order, process p holding positions p::process_count. `train`
-    # yields the noisy labels; val and test stay clean.
+    # processes) in its global order, which is `train.full`'s -- TFDS: example
+    # i of train[:N], each process's `train` holding a contiguous block; file
+    # kinds: the train files in listing order, process p's `train` holding
+    # positions p::process_count. `train` yields the noisy labels; val and
+    # test stay clean.
     train_label_noise: dict | None = None
 
 
@@ -265,10 +296,12 @@ def _tfds_splits(kind, arg, cfg, data_dir, process_index, process_count):
     n_test = builder.info.splits[cfg.test_split].num_examples
     train_split = f'{cfg.train_split}[:{n - n_val}]'
 
-    def open_split(split, labels=None):
-        return _Relabeled(builder.as_data_source(split=tfds.split_for_jax_process(
-            split, process_index=process_index, process_count=process_count)),
-            cfg.label_key, to_label, labels=labels, box_key=box_key, box_format=box_format)
+    def open_split(split, labels=None, *, whole=False):
+        if not whole:
+            split = tfds.split_for_jax_process(split, process_index=process_index,
+                                               process_count=process_count)
+        return _Relabeled(builder.as_data_source(split=split), cfg.label_key, to_label,
+                          labels=labels, box_key=box_key, box_format=box_format)
 
     positive_rate = noise = None
     if multilabel or cfg.label_noise != 'none':
@@ -280,13 +313,10 @@ def _tfds_splits(kind, arg, cfg, data_dir, process_index, process_count):
             positive_rate = labels.mean(axis=0, dtype=np.float64)
         noise = training_label_noise(cfg, labels, num_classes=num_classes,
                                      multilabel=multilabel)
-    train = open_split(train_split)
-    if noise is not None:
-        start, stop = _even_block(n - n_val, process_index, process_count)
-        if stop - start != len(train):  # tfds changed how it splits across processes
-            raise RuntimeError(f'process block {start}:{stop} does not match the '
-                               f'{len(train)} examples tfds gave this process')
-        train = open_split(train_split, labels=noise['noisy'][start:stop])
+    # Training reads all of train[:N] on every process; this process's share
+    # is the contiguous block that tfds.split_for_jax_process would give it.
+    full = open_split(train_split, None if noise is None else noise['noisy'], whole=True)
+    train = ProcessShard(full, range(*_even_block(n - n_val, process_index, process_count)))
     return Splits(
         train=train,
         val=open_split(f'{cfg.train_split}[{n - n_val}:]') if n_val else None,
@@ -310,15 +340,22 @@ def _file_splits(train, test, class_names, multilabel, cfg, process_index, proce
     noise = training_label_noise(cfg, train_labels, num_classes=len(class_names),
                                  multilabel=multilabel)
 
-    def shard(listing, idx, labels):
-        pos = np.arange(len(idx))[process_index::process_count]
+    def shard(listing, idx, labels, *, whole=False):
+        pos = np.arange(len(idx))
+        if not whole:
+            pos = pos[process_index::process_count]
         boxes = None if listing.boxes is None else [listing.boxes[i] for i in idx[pos]]
         return ImageFolderSource([listing.files[i] for i in idx[pos]], labels[pos], boxes,
                                  on_bad_image=cfg.on_bad_image)
 
+    # Training reads the whole training part on every process (an undecodable
+    # image is then replaced by the same file whatever the process count);
+    # this process's share is positions process_index::process_count of it.
+    full = shard(train, train_idx, train_labels if noise is None else noise['noisy'],
+                 whole=True)
     test_idx = np.arange(len(test.files))
     return Splits(
-        train=shard(train, train_idx, train_labels if noise is None else noise['noisy']),
+        train=ProcessShard(full, np.arange(len(train_idx))[process_index::process_count]),
         val=shard(train, val_idx, train.labels[val_idx]) if n_val else None,
         test=shard(test, test_idx, test.labels),
         num_classes=len(class_names), class_names=tuple(class_names),
@@ -329,7 +366,8 @@ def _file_splits(train, test, class_names, multilabel, cfg, process_index, proce
 
 
 def open_splits(cfg, *, process_index: int = 0, process_count: int = 1) -> Splits:
-    """Open this process's share of the train / val / test splits of `cfg.name`."""
+    """Open this process's share of the train / val / test splits of `cfg.name`
+    (and, as `train.full`, the whole training part)."""
     kind, arg = parse_dataset_name(cfg.name)
     if kind in folders.LISTERS:
         train, test, class_names, multilabel = folders.LISTERS[kind](arg, cfg)
