@@ -8,7 +8,6 @@ A run's workdir holds two CheckpointManagers with separate items
 refine run can start from any camjax checkpoint with a fresh optimizer.
 """
 
-import os
 import sys
 
 import jax
@@ -17,16 +16,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from camjax import paths
 from camjax.errors import CamjaxError
 
 TREE_ITEMS = ('params', 'batch_stats', 'opt_state')
-JSON_ITEMS = ('step', 'meta', 'data')
+JSON_ITEMS = ('step', 'meta', 'data', 'imported')  # imported: save_model_variables
 LATEST_DIR, BEST_DIR, DAMAGED_DIR = 'checkpoints', 'best', 'damaged'
 
 
-def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+def _manager(directory, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        os.path.abspath(directory),
+        paths.resolve(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                              read_only=read_only),
         item_names=TREE_ITEMS + JSON_ITEMS)
@@ -52,9 +52,9 @@ class Checkpointer:
     batch_stats, opt_state and step) plus JSON loop and data-iterator state."""
 
     def __init__(self, workdir: str, *, keep: int):
-        self._workdir = workdir
-        self._latest = _manager(os.path.join(workdir, LATEST_DIR), keep)
-        self._best = _manager(os.path.join(workdir, BEST_DIR), 1)
+        self._workdir = paths.resolve(workdir)
+        self._latest = _manager(self._workdir / LATEST_DIR, keep)
+        self._best = _manager(self._workdir / BEST_DIR, 1)
 
     def save(self, step: int, state, *, meta: dict, data_state: dict) -> None:
         # `meta` may name a best step whose save is still in flight: finish it
@@ -90,6 +90,10 @@ class Checkpointer:
         steps = sorted(manager.all_steps(), reverse=True)
         if not steps:
             return None
+        if any('imported' in _saved_items(manager, step) for step in steps):
+            raise CamjaxError(f'{self._workdir} holds imported weights ({IMPORTED_NOTE}), not '
+                              'a training run to resume; start from them with '
+                              f'--config.train.init_from={self._workdir} and another --workdir')
         required = _required_items(abstract_state, with_data=with_data)
         moved = []
         for step in steps:
@@ -106,20 +110,20 @@ class Checkpointer:
                           'to start over')
 
     def _move_aside(self, manager, step: int, problem: str) -> str:
-        source = os.path.join(str(manager.directory), str(step))
-        target = os.path.join(self._workdir, DAMAGED_DIR,
-                              f'{os.path.basename(str(manager.directory))}-{step}')
+        source = epath.Path(manager.directory) / str(step)
+        name = f'{epath.Path(manager.directory).name}-{step}'
+        target = self._workdir / DAMAGED_DIR / name
         if jax.process_index() == 0:
             n = 1
-            while os.path.exists(target + (f'.{n}' if n > 1 else '')):
+            while target.exists():
                 n += 1
-            target += f'.{n}' if n > 1 else ''
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.rename(source, target)
+                target = self._workdir / DAMAGED_DIR / f'{name}.{n}'
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.rename(target)
             print(f'camjax: warning: checkpoint {source} is damaged ({problem}); moved it to '
                   f'{target} and trying the previous one', file=sys.stderr, flush=True)
         manager.reload()
-        return target
+        return str(target)
 
     def wait(self) -> None:
         self._latest.wait_until_finished()
@@ -131,7 +135,7 @@ class Checkpointer:
 
 
 def _saved_items(manager, step) -> set[str]:
-    return set(os.listdir(os.path.join(manager.directory, str(step))))
+    return {p.name for p in (epath.Path(manager.directory) / str(step)).iterdir()}
 
 
 def _required_items(abstract_state, *, with_data: bool) -> set[str]:
@@ -156,9 +160,9 @@ def _restore_full(manager, step, abstract_state):
 
 def _checkpoint_directory(path: str) -> str:
     """A run's workdir means its checkpoints/ directory."""
-    if os.path.isdir(os.path.join(path, LATEST_DIR)):
-        return os.path.join(path, LATEST_DIR)
-    if not os.path.isdir(path):
+    if (epath.Path(path) / LATEST_DIR).is_dir():
+        return str(epath.Path(path) / LATEST_DIR)
+    if not epath.Path(path).is_dir():
         raise CamjaxError(f'no checkpoint directory at {path!r}')
     return path
 
@@ -228,3 +232,24 @@ def saved_variable_shapes(path: str, step: int | None = None) -> dict:
         shapes[name] = {'/'.join(str(getattr(k, 'key', k)) for k in key_path): tuple(leaf.shape)
                         for key_path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
     return shapes
+
+
+IMPORTED_NOTE = 'model variables only, no optimizer or loop state'
+
+
+def save_model_variables(workdir: str, step: int, variables: dict, *, source: str) -> None:
+    """Save `variables` ({'params', 'batch_stats'}) alone as
+    `<workdir>/checkpoints/<step>/`, where `restore_model_variables` (and so
+    train.init_from, refine and eval) reads them: imported weights
+    (camjax.convert, `source` the file they came from). Its 'imported' item
+    marks it, so that training in that workdir is refused in one line
+    rather than resume from it or take it for a damaged save."""
+    manager = _manager(epath.Path(workdir) / LATEST_DIR, keep=1)
+    items = {n: ocp.args.StandardSave(variables[n]) for n in ('params', 'batch_stats')
+             if jax.tree.leaves(variables.get(n, {}))}  # Orbax refuses empty trees
+    items['imported'] = ocp.args.JsonSave({'source': source, 'contents': IMPORTED_NOTE})
+    try:
+        manager.save(step, args=ocp.args.Composite(**items), force=True)
+        manager.wait_until_finished()
+    finally:
+        manager.close()

@@ -17,6 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
+from camjax import paths
 from camjax.config.schema import MODES, base_config, override_problem
 from camjax.errors import CamjaxError, ConfigError
 from camjax.rundir import RunDir
@@ -138,6 +139,9 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
     from camjax.data import open_splits
     from camjax.data.summary import describe_splits
 
+    for path in (workdir, config.train.init_from, config.dataset.data_dir,
+                 config.dataset.name.partition(':')[2], *config.evaluation.runs):
+        paths.check_supported(path)
     parallel.maybe_initialize_distributed()
     config.loss = config_schema.parse_loss_terms(config.loss)
     explicit = explicit or {}
@@ -207,6 +211,7 @@ def command_line_config():
         if FLAGS.mode != 'eval' or not FLAGS.workdir:
             fail('--config is required, e.g. --config=configs/default.py (or evaluate a '
                  'trained run with --mode=eval --workdir=DIR)')
+        paths.check_supported(FLAGS.workdir)
         config = RunDir(FLAGS.workdir).trained_config()
         explicit, workdir = {}, FLAGS.workdir
     else:

@@ -11,17 +11,21 @@
   <workdir>/sweep.*, step_<S>/ mode=sweep
   <workdir>/checkpoints/, best/  Orbax saves (camjax.checkpoint)
 
-Only process 0 writes. JSON files are written whole to a temporary name and
-renamed, so a kill never leaves half a file.
+Only process 0 writes. Files are written whole to a temporary name and
+renamed, so a kill never leaves half a file. The workdir may be on an object
+store (`gs://...`, camjax.paths): there a rename is a copy, and appending a
+record rewrites metrics.jsonl, since object stores cannot append.
 """
 
+import io
 import json
-import os
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
+from camjax import paths
 from camjax.errors import CamjaxError
 
 CONFIG, METRICS = 'config.json', 'metrics.jsonl'
@@ -79,18 +83,20 @@ class RunDir:
         return jax.process_index() == 0
 
     def file(self, *parts: str) -> str:
-        return os.path.join(self.path, *parts)
+        return str(self._path(*parts))
+
+    def _path(self, *parts: str) -> epath.Path:
+        return epath.Path(self.path).joinpath(*parts)
 
     def exists(self, *parts: str) -> bool:
-        return os.path.exists(self.file(*parts))
+        return self._path(*parts).exists()
 
     # -- config.json ---------------------------------------------------------
     def saved_config(self) -> ml_collections.ConfigDict | None:
         if not self.exists(CONFIG):
             return None
         try:
-            with open(self.file(CONFIG)) as f:
-                return ml_collections.ConfigDict(_tuples(json.load(f)))
+            return ml_collections.ConfigDict(_tuples(json.loads(self._path(CONFIG).read_text())))
         except (OSError, ValueError) as e:
             raise CamjaxError(f'{self.file(CONFIG)} is unreadable ({type(e).__name__}: '
                               f'{e})') from None
@@ -131,18 +137,23 @@ class RunDir:
 
     # -- metrics.jsonl -------------------------------------------------------
     def append(self, record: dict) -> None:
-        if self.is_writer:
-            os.makedirs(self.path, exist_ok=True)
-            with open(self.file(METRICS), 'a') as f:
-                f.write(json.dumps(record) + '\n')
+        if not self.is_writer:
+            return
+        line = json.dumps(record) + '\n'
+        if paths.is_remote(self.path):
+            old = self._path(METRICS).read_text() if self.exists(METRICS) else ''
+            self._write_atomic(METRICS, old + line)
+        else:
+            self._path().mkdir(parents=True, exist_ok=True)
+            with self._path(METRICS).open('a') as f:
+                f.write(line)
 
     def records(self) -> list[dict]:
         """The records of metrics.jsonl. A last line without its newline is
         a write that a kill cut short, and is not a record."""
         if not self.exists(METRICS):
             return []
-        with open(self.file(METRICS)) as f:
-            text = f.read()
+        text = self._path(METRICS).read_text()
         lines = text.split('\n')
         if not text.endswith('\n'):
             lines = lines[:-1]
@@ -159,8 +170,7 @@ class RunDir:
         one's (plus 'resume' markers)."""
         if not self.is_writer or not self.exists(METRICS):
             return
-        with open(self.file(METRICS)) as f:
-            torn = not f.read().endswith('\n')
+        torn = not self._path(METRICS).read_text().endswith('\n')
         records = self.records()
         kept = [r for r in records if 'step' not in r or r['step'] <= step]  # config_change
         if len(kept) != len(records) or torn:
@@ -190,8 +200,7 @@ class RunDir:
             self._write_atomic(name, json.dumps(payload, indent=2, **kwargs))
 
     def read_json(self, name: str):
-        with open(self.file(name)) as f:
-            return json.load(f)
+        return json.loads(self._path(name).read_text())
 
     def write_text(self, name: str, text: str) -> None:
         if self.is_writer:
@@ -204,23 +213,23 @@ class RunDir:
     def write_arrays(self, name: str, *, overwrite: bool = True, **arrays) -> None:
         """Numpy arrays as `name` (.npz); with overwrite=False, only if absent."""
         if self.is_writer and (overwrite or not self.exists(name)):
-            path = self.file(name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = path + '.tmp.npz'
-            np.savez_compressed(tmp, **arrays)
-            os.replace(tmp, path)
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)
+            self._write_atomic(name, buffer.getvalue())
 
     def read_arrays(self, name: str) -> dict:
-        with np.load(self.file(name)) as data:
+        with np.load(io.BytesIO(self._path(name).read_bytes())) as data:
             return dict(data)
 
     def _write_atomic(self, name: str, content) -> None:
-        path = self.file(name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f'{path}.tmp'
-        with open(tmp, 'wb' if isinstance(content, bytes) else 'w') as f:
-            f.write(content)
-        os.replace(tmp, path)
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f'{path.name}.tmp'
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content)
+        tmp.replace(path)
 
 
 def read_records(workdir: str) -> list[dict]:

@@ -116,6 +116,9 @@ CASES = {
                         '--config.refine.variant=linrx'], "refine.variant='linrx'"),
     'refine without init_from': ([SMOKE, '--config.mode=refine'],
                                  'mode=refine needs train.init_from'),
+    'init_from on an unknown store': (
+        [SMOKE, '--config.train.init_from=hdfs://cluster/run'],
+        'hdfs://cluster/run: hdfs:// paths are not supported'),
     'missing init_from': ([SMOKE, '--config.train.init_from={tmp}/absent'],
                           "train.init_from='{tmp}/absent' does not exist"),
     'evaluation split': ([SMOKE, '--config.evaluation.split=train'],

@@ -13,6 +13,7 @@ import re
 
 import jax
 import numpy as np
+from etils import epath
 
 from camjax import parallel
 from camjax.analysis import cam_grid, per_class
@@ -43,7 +44,7 @@ _UNSAFE = re.compile(r'[^A-Za-z0-9_.+-]+')
 def _names(workdirs) -> list[str]:
     """Short, unique run names: the workdirs' base names (or full paths).
     For display; a file name made from one goes through `safe_filename`."""
-    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    names = [epath.Path(w).name for w in workdirs]
     return names if len(set(names)) == len(names) else list(workdirs)
 
 
@@ -65,8 +66,9 @@ def _cache_name(name: str, workdir: str, evaluation) -> str:
     retrained run or other settings never hit an old entry."""
     source, step = evaluated_checkpoint(workdir, evaluation.checkpoint)
     settings = {k: evaluation[k] for k in RUN_EVALUATION_FIELDS}
-    key = json.dumps([config_to_dict(run_config(workdir)), os.path.relpath(source, workdir),
-                      settings], sort_keys=True, default=str)
+    checkpoint_dir = epath.Path(source).name if source != workdir else '.'  # 'best' or '.'
+    key = json.dumps([config_to_dict(run_config(workdir)), checkpoint_dir, settings],
+                     sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return os.path.join(CACHE_DIR, f'{safe_filename(name)}-step{step}-{digest}')
 
@@ -264,7 +266,7 @@ def analyze(config, workdir: str, splits=None) -> dict:
     if jax.process_index() == 0:
         for name, result in comparisons.items():
             print(f'{name} vs {baseline}: {result.headline}', flush=True)
-        print(f'wrote {os.path.join(workdir, "report.html")}', flush=True)
+        print(f'wrote {rundir.file("report.html")}', flush=True)
     return summary
 
 

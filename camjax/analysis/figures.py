@@ -2,6 +2,8 @@
 
 import io
 
+from etils import epath
+
 
 def figure_png(figure, *, path=None, tight_layout=False, **savefig_kwargs) -> bytes:
     """PNG bytes of a `matplotlib.figure.Figure` (never pyplot), also written
@@ -19,6 +21,5 @@ def figure_png(figure, *, path=None, tight_layout=False, **savefig_kwargs) -> by
     figure.savefig(buffer, format='png', **savefig_kwargs)
     png = buffer.getvalue()
     if path is not None:
-        with open(path, 'wb') as f:
-            f.write(png)
+        epath.Path(path).write_bytes(png)
     return png

@@ -5,10 +5,12 @@ and head), the runs an analysis compares, and a selection metric the data
 provides. Each failure is a ConfigError or CamjaxError naming the problem.
 """
 
-import os
+
+from etils import epath
 
 from camjax.checkpoint import saved_steps
 from camjax.errors import CamjaxError, ConfigError
+from camjax.rundir import CONFIG, RunDir
 from camjax.training.state import check_pretrained, model_from_config
 
 
@@ -17,7 +19,7 @@ def check_paths(config) -> None:
     the checkpoint to start from and the runs an analysis compares."""
     if config.train.init_from and config.mode in ('train', 'refine', 'sweep'):
         source, wanted = config.train.init_from, config.train.init_from_step
-        if not os.path.isdir(source):
+        if not epath.Path(source).is_dir():
             raise CamjaxError(f'train.init_from={source!r} does not exist (it names the workdir '
                               'or checkpoint directory of a trained run)')
         steps = saved_steps(source)
@@ -44,7 +46,7 @@ def check_inputs(config, splits) -> None:
 
 def check_trained_run(workdir: str) -> None:
     """`workdir` holds a camjax run with at least one checkpoint."""
-    if not os.path.isfile(os.path.join(workdir, 'config.json')):
+    if not RunDir(workdir).exists(CONFIG):
         raise CamjaxError(f'{workdir!r} is not a camjax run (no config.json)')
     if not saved_steps(workdir):
         raise CamjaxError(f'{workdir!r} has no checkpoints to evaluate')

@@ -7,6 +7,10 @@ validation, adds label noise, shards across processes and wraps the files in
 docstring. The listings' per-item checks report to a `Problems`
 (problems.py): opening stops at the first, `--mode=check` (check.py) lists
 them all.
+
+Every file-system call goes through `etils.epath`, so a data dir may be on an
+object store (`gs://...`); file names are joined as strings (os.path.join
+only concatenates, which is right for a URI too).
 """
 
 import concurrent.futures
@@ -17,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 from PIL import Image
 
 from camjax.data.boxes import check_box, check_box_inside
@@ -41,7 +46,7 @@ _UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBo
 def _read_image(path: str, read):
     """read(the opened PIL image); a DataProblem naming the file if PIL cannot."""
     try:
-        with Image.open(path) as img:
+        with epath.Path(path).open('rb') as f, Image.open(f) as img:
             return read(img)
     except _UNREADABLE as e:
         raise DataProblem(CORRUPT_IMAGE, f'corrupt image {path}: {e}') from None
@@ -124,6 +129,14 @@ class ImageFolderSource(Sequence):
                             problem, replacement)
 
 
+def _isfile(path: str) -> bool:
+    return epath.Path(path).is_file()
+
+
+def _isdir(path: str) -> bool:
+    return epath.Path(path).is_dir()
+
+
 @dataclasses.dataclass
 class Listing:
     """One split's files, labels ((N,) int or (N, K) multi-hot) and optional
@@ -134,7 +147,8 @@ class Listing:
 
 
 def _image_names(folder: str) -> list[str]:
-    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+    return sorted(p.name for p in epath.Path(folder).iterdir()
+                  if p.name.lower().endswith(IMAGE_SUFFIXES))
 
 
 def check_class_has_images(folder: str, names) -> None:
@@ -186,9 +200,9 @@ def boxes_inside_images(per_file: dict, problems: Problems, split: str) -> dict:
 # ---------------------------------------------------------------------------
 def _list_folder(root, split, problems, class_names=None):
     split_dir = os.path.join(root, split)
-    if not os.path.isdir(split_dir):
+    if not _isdir(split_dir):
         raise CamjaxError(f'imagefolder {root!r} has no {split!r} subdirectory')
-    found = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    found = sorted(p.name for p in epath.Path(split_dir).iterdir() if p.is_dir())
     class_names = class_names or tuple(found)
     if not class_names:
         raise CamjaxError(f'imagefolder {split_dir!r} has no class subdirectories')
@@ -198,7 +212,7 @@ def _list_folder(root, split, problems, class_names=None):
     files, labels = [], []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(split_dir, name)
-        if not os.path.isdir(class_dir):  # a split may lack a class altogether
+        if not _isdir(class_dir):  # a split may lack a class altogether
             continue
         names = _image_names(class_dir)
         with problems.catch(split):
@@ -213,9 +227,9 @@ def _list_folder(root, split, problems, class_names=None):
 def read_boxes_csv(path: str, split_dir: str, files, problems: Problems, split: str) -> list:
     """`path`'s lines 'relative/path,x0,y0,x1,y1' (relative to split_dir) ->
     per file of `files` its (m, 4) boxes, m = 0 for a file with no line."""
-    index = {os.path.relpath(f, split_dir).replace(os.sep, '/'): f for f in files}
+    index = {f[len(split_dir):].lstrip('/'): f for f in files}  # files are split_dir/...
     per_file = {}  # file -> [(box, where)]
-    with open(path, newline='') as f:
+    with epath.Path(path).open() as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             row = [v.strip() for v in row]
             if not row or not row[0] or row[0].startswith('#'):
@@ -242,7 +256,7 @@ def list_imagefolder(root, cfg, problems: Problems = RAISE_FIRST):
         for split, listing in ((cfg.train_split, train), (cfg.test_split, test)):
             split_dir = os.path.join(root, split)
             path = os.path.join(split_dir, cfg.boxes_file)
-            if os.path.isfile(path):
+            if _isfile(path):
                 listing.boxes = read_boxes_csv(path, split_dir, listing.files, problems, split)
             elif split == cfg.test_split:  # the split localization is measured on
                 raise CamjaxError(f'dataset.boxes_file: {path} does not exist')
@@ -262,7 +276,7 @@ def attr_image_file(images: str, path: str, where: str) -> str:
     if inside == os.curdir or inside.split(os.sep)[0] == os.pardir:
         raise DataProblem(BAD_IMAGE_PATH, f'{where}: image path {path!r} is not inside {images}')
     file = os.path.join(images, inside)
-    if not os.path.isfile(file):
+    if not _isfile(file):
         raise DataProblem(MISSING_FILE, f'{where}: the listed image does not exist: {file}')
     return file
 
@@ -277,9 +291,9 @@ def attr_values(names, values, where: str) -> list[bool]:
 
 def _read_attr_csv(root, split, problems):
     path = os.path.join(root, f'{split}.csv')
-    if not os.path.isfile(path):
+    if not _isfile(path):
         raise CamjaxError(f'attrfolder {root!r} has no {split}.csv (dataset split {split!r})')
-    with open(path, newline='') as f:
+    with epath.Path(path).open() as f:
         rows = [(n, [v.strip() for v in r]) for n, r in enumerate(csv.reader(f), start=1)
                 if any(v.strip() for v in r)]
     if not rows:
@@ -326,13 +340,13 @@ def list_attrfolder(root, cfg, problems: Problems = RAISE_FIRST):
 # ---------------------------------------------------------------------------
 def tinyimagenet_root(arg: str) -> str:
     for root in (arg, os.path.join(arg, 'tiny-imagenet-200')):
-        if os.path.isfile(os.path.join(root, 'wnids.txt')):
+        if _isfile(os.path.join(root, 'wnids.txt')):
             return root
     raise CamjaxError(f'tinyimagenet {arg!r} has no wnids.txt (nor tiny-imagenet-200/wnids.txt)')
 
 
 def _read_lines(path):
-    with open(path) as f:
+    with epath.Path(path).open() as f:
         return [(n, line.split()) for n, line in enumerate(f, start=1) if line.strip()]
 
 
@@ -342,8 +356,8 @@ def _class_names(root, wnids):
     appended where two classes would share a name."""
     words = {}
     path = os.path.join(root, 'words.txt')
-    if os.path.isfile(path):
-        with open(path) as f:
+    if _isfile(path):
+        with epath.Path(path).open() as f:
             for line in f:
                 wnid, _, text = line.rstrip('\n').partition('\t')
                 words[wnid] = text.split(',')[0].strip()
@@ -355,13 +369,13 @@ def _class_names(root, wnids):
 def _tiny_train_class(root, wnid, problems, split):
     """(files, {file: [(box, where)]}) of one class's train/<wnid>/."""
     image_dir = os.path.join(root, 'train', wnid, 'images')
-    if not os.path.isdir(image_dir):
+    if not _isdir(image_dir):
         raise DataProblem(MISSING_FILE, f'tinyimagenet {root!r}: class {wnid} of wnids.txt has '
                           f'no {image_dir}')
     names = _image_names(image_dir)
     check_class_has_images(image_dir, names)
     box_path = os.path.join(root, 'train', wnid, f'{wnid}_boxes.txt')
-    if not os.path.isfile(box_path):
+    if not _isfile(box_path):
         raise DataProblem(MISSING_FILE, f'tinyimagenet {root!r}: {box_path} does not exist')
     per_file, known = {}, set(names)
     for lineno, parts in _read_lines(box_path):
@@ -378,7 +392,7 @@ def _tiny_train_class(root, wnid, problems, split):
 def _tiny_val(root, label_of, problems, split):
     """{file: (label, [(box, where)])} from val/val_annotations.txt, in its order."""
     ann_path = os.path.join(root, 'val', 'val_annotations.txt')
-    if not os.path.isfile(ann_path):
+    if not _isfile(ann_path):
         raise CamjaxError(f'tinyimagenet {root!r}: {ann_path} does not exist')
     val = {}
     for lineno, parts in _read_lines(ann_path):
@@ -390,7 +404,7 @@ def _tiny_val(root, label_of, problems, split):
             if parts[1] not in label_of:  # a class left out of wnids.txt: a subset
                 continue
             file = os.path.join(root, 'val', 'images', parts[0])
-            if file not in val and not os.path.isfile(file):
+            if file not in val and not _isfile(file):
                 raise DataProblem(MISSING_FILE, f'{where}: the listed image does not exist: '
                                   f'{file}')
             label, file_boxes = val.setdefault(file, (label_of[parts[1]], []))

@@ -68,6 +68,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from camjax.data import folders
 from camjax.data.boxes import normalized_to_pixels
@@ -135,7 +136,7 @@ def parse_dataset_name(name: str) -> tuple[str, str]:
 def check_dataset_name(name: str) -> None:
     """Cheap checks that need no data read: the kind, and directory paths."""
     kind, arg = parse_dataset_name(name)
-    if kind in _DIR_KINDS and not os.path.isdir(arg):
+    if kind in _DIR_KINDS and not epath.Path(arg).is_dir():
         raise ConfigError(f'dataset.name: {kind} directory {arg!r} does not exist')
 
 

@@ -41,6 +41,9 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
+from camjax import paths
+from camjax.errors import CamjaxError
+
 # (name, shape, colour, texture)
 CLASSES = (
     ("red_disk", "disk", "red", "solid"),
@@ -323,6 +326,11 @@ def prepare(
     # Several processes on one host (a multi-process run) open the same data
     # dir: one prepares, the others wait and then find it prepared.
     root = data_dir or os.path.expanduser("~/tensorflow_datasets")
+    if paths.is_remote(root):  # the lock below is a local flock
+        raise CamjaxError(
+            f"the synthetic dataset is generated on this machine; dataset.data_dir={root!r} "
+            "must be a local directory"
+        )
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, f".synthetic_shapes-{cfg.name}.lock"), "a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)

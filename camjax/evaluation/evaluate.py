@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from camjax import losses, objectives, parallel
 from camjax.analysis import multilabel as multilabel_metrics
@@ -43,8 +44,8 @@ def evaluated_checkpoint(workdir: str, which: str) -> tuple[str, int]:
     """(directory, step) of the checkpoint that evaluation `which` reads:
     the best by validation ('best', falling back to the newest when the run
     kept none) or the newest ('latest')."""
-    best = os.path.join(workdir, BEST_DIR)
-    use_best = which == 'best' and os.path.isdir(best) and saved_steps(best)
+    best = str(epath.Path(workdir) / BEST_DIR)
+    use_best = which == 'best' and epath.Path(best).is_dir() and saved_steps(best)
     source = best if use_best else workdir
     return source, saved_steps(source)[-1]
 

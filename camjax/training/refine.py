@@ -10,11 +10,11 @@ resumable at (round, phase, step), and keeps the best round by validation.
 """
 
 import copy
-import os
 
 import jax
 import jax.numpy as jnp
 import optax
+from etils import epath
 
 from camjax import losses
 from camjax.config import preflight
@@ -236,7 +236,7 @@ def sweep(config, workdir: str, splits) -> dict:
     for step in steps:
         sub_config = copy.deepcopy(config)
         sub_config.train.init_from_step = step
-        sub_dir = os.path.join(workdir, f'step_{step}')
+        sub_dir = str(epath.Path(workdir) / f'step_{step}')
         if jax.process_index() == 0:
             print(f'sweep: refining step {step} of {source}', flush=True)
         refine(sub_config, sub_dir, splits, eval_splits=('train', 'val', 'test'))
