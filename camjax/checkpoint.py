@@ -74,6 +74,7 @@ class Checkpointer:
     def restore_latest(self, abstract_state):
         """(state, meta, data_state) of the newest complete save, or None if
         the run never saved. See `_restore_newest_complete` for damaged saves."""
+        check_not_imported(self._workdir)
         return self._restore_newest_complete(self._latest, abstract_state, with_data=True)
 
     def restore_best(self, abstract_state):
@@ -90,10 +91,6 @@ class Checkpointer:
         steps = sorted(manager.all_steps(), reverse=True)
         if not steps:
             return None
-        if any('imported' in _saved_items(manager, step) for step in steps):
-            raise CamjaxError(f'{self._workdir} holds imported weights ({IMPORTED_NOTE}), not '
-                              'a training run to resume; start from them with '
-                              f'--config.train.init_from={self._workdir} and another --workdir')
         required = _required_items(abstract_state, with_data=with_data)
         moved = []
         for step in steps:
@@ -235,6 +232,17 @@ def saved_variable_shapes(path: str, step: int | None = None) -> dict:
 
 
 IMPORTED_NOTE = 'model variables only, no optimizer or loop state'
+
+
+def check_not_imported(workdir) -> None:
+    """A CamjaxError if `workdir` holds imported weights (`save_model_variables`):
+    training there would otherwise find a save without training state and
+    take it for a damaged one."""
+    directory = epath.Path(workdir) / LATEST_DIR
+    if directory.is_dir() and any((d / 'imported').exists() for d in directory.iterdir()):
+        raise CamjaxError(f'{workdir} holds imported weights ({IMPORTED_NOTE}), not a '
+                          'training run to resume; start from them with '
+                          f'--config.train.init_from={workdir} and another --workdir')
 
 
 def save_model_variables(workdir: str, step: int, variables: dict, *, source: str) -> None:

@@ -156,6 +156,9 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
     config_schema.validate(config, num_devices=jax.device_count())
     if jax.process_index() == 0 and config.mode != 'check':
         lock.check_free(workdir)  # before the data is opened, which can take long
+    if config.mode in ('train', 'refine', 'sweep'):
+        from camjax.checkpoint import check_not_imported
+        check_not_imported(workdir)
     preflight.check_paths(config)
     if config.mode == 'check':  # scans the data and reports; writes nothing
         from camjax.data.check import check_dataset
