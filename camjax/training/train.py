@@ -70,6 +70,22 @@ def train_step_fn(model, objective, tx, *, mean, std, pos_rate=None, grad_accum_
     return train_step
 
 
+def build_training(config, model, objective, *, plan, mesh, pos_rate=None):
+    """(schedule, jitted train step, initial state) of `config`: the learning
+    rate schedule over `plan`, the optimizer, `make_train_step` and a fresh
+    replicated state from `config.seed`. The training loop runs exactly this;
+    benchmarks (bench/cli_step.py) build it the same way."""
+    t, d = config.train, config.dataset
+    schedule = optim.make_schedule(config.optimizer, total_steps=plan.total_steps,
+                                   steps_per_epoch=plan.steps_per_epoch, batch_size=t.batch_size)
+    tx = optim.make_optimizer(config.optimizer, schedule)
+    step = make_train_step(model, objective, tx, mean=tuple(d.mean), std=tuple(d.std), mesh=mesh,
+                           pos_rate=pos_rate, skip_nonfinite=t.skip_nonfinite_updates,
+                           grad_accum_steps=t.grad_accum_steps)
+    initial = init_state(model, tx.init, seed=config.seed, image_size=d.image_size, mesh=mesh)
+    return schedule, step, initial
+
+
 # =============================================================================
 # Loop
 # =============================================================================
@@ -84,16 +100,9 @@ def train_and_evaluate(config, workdir: str, splits: Splits, *,
     parts = RunParts(config, workdir, splits)
     try:
         plan = parts.plan
-        schedule = optim.make_schedule(config.optimizer, total_steps=plan.total_steps,
-                                       steps_per_epoch=plan.steps_per_epoch,
-                                       batch_size=config.train.batch_size)
-        tx = optim.make_optimizer(config.optimizer, schedule)
-        train_step = make_train_step(parts.model, parts.objective, tx, pos_rate=parts.pos_rate,
-                                     skip_nonfinite=config.train.skip_nonfinite_updates,
-                                     grad_accum_steps=config.train.grad_accum_steps,
-                                     **parts.step_kwargs)
-        initial = init_state(parts.model, tx.init, seed=config.seed,
-                             image_size=config.dataset.image_size, mesh=parts.mesh)
+        schedule, train_step, initial = build_training(config, parts.model, parts.objective,
+                                                       plan=plan, mesh=parts.mesh,
+                                                       pos_rate=parts.pos_rate)
         state, loop = parts.resume(initial, LoopState(), new_classifier_ok=True)
         done = loop.stopped_early or loop.step >= plan.total_steps
         if done:
