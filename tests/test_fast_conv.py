@@ -38,7 +38,7 @@ def test_matches_nn_conv(kernel, strides, padding, features, shape):
 
 def test_resnet_with_fast_conv_matches_xla_conv():
     x = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
-    xla = build_model('resnet8', num_classes=5, width=4)
+    xla = build_model('resnet8', num_classes=5, width=4, conv_impl='xla')
     fast = build_model('resnet8', num_classes=5, width=4, conv_impl='fast')
     variables = init_variables(xla, jax.random.key(3), x)
 

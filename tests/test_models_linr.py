@@ -181,7 +181,7 @@ def test_smoke_config_makes_the_model_tiny(name):
 
 def test_fast_conv_matches_xla_on_alexnet_strided_11x11():
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-    xla = build_model('alexnet_cifar', num_classes=10, width=4)
+    xla = build_model('alexnet_cifar', num_classes=10, width=4, conv_impl='xla')
     fast = build_model('alexnet_cifar', num_classes=10, width=4, conv_impl='fast')
     variables = init_variables(xla, jax.random.key(1), x)
 

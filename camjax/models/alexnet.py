@@ -26,7 +26,7 @@ class CifarAlexNet(nn.Module):
     num_classes: int
     width: int = 64  # channels of the first conv; the others scale with it
     dtype: str = 'float32'
-    conv_impl: str = 'xla'
+    conv_impl: str = 'auto'
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):

@@ -52,7 +52,7 @@ class CifarDenseNet(nn.Module):
     stage_sizes: Sequence[int] = (6, 12, 24, 16)
     reduction: float = 0.5
     dtype: str = 'float32'
-    conv_impl: str = 'xla'
+    conv_impl: str = 'auto'
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):

@@ -94,6 +94,15 @@ def _bwd(strides, pads, chunk, res, g):
 fast_conv.defvjp(_fwd, _bwd)
 
 
+def default_chunk(features: int) -> int:
+    """Weight-gradient piece size by the conv's output width: 16 up to 32
+    channels, 32 beyond (a CIFAR ResNet's stages of 16, 32, 64 get 16, 16,
+    32). Measured on a CIFAR ResNet-20 train step on 2 idle cores: +4-5%
+    over 16 everywhere; the sum runs in another order, so gradients move by
+    float32 rounding only (logits and BatchNorm statistics are unchanged)."""
+    return 16 if features <= 32 else 32
+
+
 class FastConv(nn.Module):
     """Drop-in for `nn.Conv` on NHWC inputs (2-D kernels, no dilation/groups)."""
 
@@ -106,7 +115,8 @@ class FastConv(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-    chunk: int = 16  # images and output channels per weight-gradient piece (see above)
+    chunk: int | None = None  # images and output channels per weight-gradient piece;
+                              # None: `default_chunk(features)`
 
     @nn.compact
     def __call__(self, x):
@@ -126,7 +136,7 @@ class FastConv(nn.Module):
         bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = fast_conv(x, kernel, strides, pads, self.chunk)
+        y = fast_conv(x, kernel, strides, pads, self.chunk or default_chunk(self.features))
         return y + bias if self.use_bias else y
 
 

@@ -12,15 +12,19 @@ import jax.numpy as jnp
 
 # Parameter-tree name of the CAM classifier; losses and analyses locate W, b here.
 CLASSIFIER = 'classifier'
-CONV_IMPLS = ('xla', 'fast')
+CONV_IMPLS = ('auto', 'xla', 'fast')
 
 
 def conv_class(impl: str):
-    """The convolution module for `impl`: 'xla' (flax nn.Conv) or 'fast'.
-
-    'fast' has the same parameter tree as nn.Conv and is exact to 1e-5; it only
-    changes how the weight gradient is computed (see fast_conv.py).
-    """
+    """The convolution module for `impl`: 'xla' (flax nn.Conv), 'fast'
+    (FastConv: the same parameter tree and results to float32 rounding, with a
+    weight gradient XLA:CPU runs faster, see fast_conv.py) or 'auto' (the
+    default: 'fast' on the CPU backend, 'xla' on GPU and TPU, whose own
+    convolutions are fast). Asked when a model is traced, so after the
+    backend is up."""
+    if impl == 'auto':
+        import jax
+        impl = 'fast' if jax.default_backend() == 'cpu' else 'xla'
     if impl == 'xla':
         return nn.Conv
     if impl == 'fast':

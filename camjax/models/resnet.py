@@ -68,7 +68,7 @@ class CifarResNet(nn.Module):
     width: int = 16
     stem_stride: int = 1
     dtype: str = 'float32'
-    conv_impl: str = 'xla'
+    conv_impl: str = 'auto'
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -95,7 +95,7 @@ class ImageNetResNet(nn.Module):
     bottleneck: bool = False
     width: int = 64
     dtype: str = 'float32'
-    conv_impl: str = 'xla'
+    conv_impl: str = 'auto'
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):

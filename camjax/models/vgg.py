@@ -54,7 +54,7 @@ class VGGGap(nn.Module):
     extra_conv: int = 1024  # 0 disables the CAM paper's added conv layer
     batch_norm: bool = False
     dtype: str = 'float32'
-    conv_impl: str = 'xla'
+    conv_impl: str = 'auto'
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -72,7 +72,7 @@ class CifarVGG(nn.Module):
     layers: Sequence = VGG19_NO_POOL5
     batch_norm: bool = False
     dtype: str = 'float32'
-    conv_impl: str = 'xla'
+    conv_impl: str = 'auto'
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
