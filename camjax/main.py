@@ -132,7 +132,7 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
     that contradicts the trained run's saved config is refused."""
     import jax
 
-    from camjax import lock, objectives, parallel
+    from camjax import compile_cache, lock, objectives, parallel
     from camjax.config import preflight
     from camjax.config import saved as saved_config
     from camjax.config import schema as config_schema
@@ -142,6 +142,7 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
     for path in (workdir, config.train.init_from, config.dataset.data_dir,
                  config.dataset.name.partition(':')[2], *config.evaluation.runs):
         paths.check_supported(path)
+    compile_cache.enable()  # before the first compile
     parallel.maybe_initialize_distributed()
     config.loss = config_schema.parse_loss_terms(config.loss)
     explicit = explicit or {}
