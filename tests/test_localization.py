@@ -1,9 +1,11 @@
 """camjax.evaluation.localization: IoU, component boxes, MaxBoxAcc / V2 and fixed-threshold
-loc, checked by hand and against a scipy.ndimage reference loop."""
+loc, checked by hand and against a scipy.ndimage reference loop; and eval's localization
+(evaluate.localization_metrics), one component tree per chunk, against the same loop."""
 
 import numpy as np
 import pytest
 
+from camjax.evaluation import evaluate
 from camjax.evaluation import localization as loc
 
 ndimage = pytest.importorskip('scipy.ndimage')
@@ -43,6 +45,16 @@ def ref_threshold_ious(cams, gt_boxes, thresholds, multi_contour):
     return out
 
 
+def ref_sweep_ious(*, cams, gt_boxes, thresholds, theta):
+    """`loc.sweep_ious(theta=...)` by the scipy loop: 'fixed' at tau = theta * max."""
+    cams, gt = np.asarray(cams), np.asarray(gt_boxes)
+    tau = [[np.float32(theta) * cam.max()] for cam in cams]
+    return {'largest': ref_threshold_ious(cams, gt, thresholds, False),
+            'any': ref_threshold_ious(cams, gt, thresholds, True),
+            'fixed': np.array([ref_threshold_ious(cams[i:i + 1], gt[i:i + 1], tau[i], False)[0, 0]
+                               for i in range(len(cams))], np.float32)}
+
+
 def smooth_cams(rng, n, size):
     """Sums of 1-4 Gaussian blobs, min-max normalized to [0, 1]."""
     yy, xx = np.mgrid[:size, :size]
@@ -63,6 +75,21 @@ def random_boxes(rng, n, size, max_boxes=3):
         for j in range(rng.integers(1, max_boxes + 1)):
             x0, y0 = rng.integers(0, size - 2, 2)
             boxes[i, j] = x0, y0, rng.integers(x0, size), rng.integers(y0, size)
+    return boxes
+
+
+def boxes_around(rng, cams, max_boxes=3):
+    """Gt boxes a CAM half hits: first the box around all of cam >= a random
+    level of its range, each side moved by up to 2 px; then 0-2 random boxes."""
+    n, h, w = cams.shape
+    boxes = random_boxes(rng, n, min(h, w), max_boxes)
+    for i, cam in enumerate(cams):
+        lo, hi = np.nanmin(cam), np.nanmax(cam)
+        ys, xs = np.nonzero(cam >= lo + rng.uniform(0.3, 0.8) * (hi - lo))
+        x0, y0, x1, y1 = np.array([xs.min(), ys.min(), xs.max(), ys.max()]) \
+            + rng.integers(-2, 3, 4)
+        boxes[i, 0] = (max(min(x0, x1), 0), max(min(y0, y1), 0), min(max(x0, x1), w - 1),
+                       min(max(y0, y1), h - 1))
     return boxes
 
 
@@ -172,6 +199,9 @@ def test_levels_both_paths_match_numpy():
         thr = np.sort(thr)
         level = np.asarray(loc._levels(cams, thr))
         np.testing.assert_array_equal(level, np.sum(cams[..., None] >= thr, axis=-1))
+        rows = np.sort(rng.random((3, num_t)).astype(np.float32), axis=1)  # per image
+        level = np.asarray(loc._levels(cams, rows))
+        np.testing.assert_array_equal(level, np.sum(cams[..., None] >= rows[:, None, None], -1))
 
 
 def test_max_box_acc_by_hand():
@@ -313,6 +343,55 @@ def test_perfect_cam_localizes_everything():
 # =============================================================================
 # Fixed-threshold loc and CAM normalization.
 # =============================================================================
+def test_fixed_threshold_loc_equals_its_own_tree_and_scipy():
+    """tau = theta * max joins each image's thresholds in the sweep's tree; the
+    boxes equal the largest component of cam >= tau found on its own (the
+    implementation before) and by scipy. Raw, unnormalized maps, some
+    negative or constant."""
+    rng = np.random.default_rng(8)
+    cams = rng.normal(size=(40, 12, 12)).astype(np.float32)
+    cams[:20] = smooth_cams(rng, 20, 12) * 3 - 1
+    cams[20], cams[21] = -2.0, 0.0
+    gt = boxes_around(rng, cams)
+    for theta in (0.2, 1.0):
+        iou = loc.fixed_threshold_loc(cams=cams, gt_boxes=gt, pred_correct=np.ones(40, bool),
+                                      theta=theta)['iou']
+        tau = theta * cams.max(axis=(1, 2), keepdims=True)
+        boxes = loc.largest_component_box(masks=cams >= tau)
+        own_tree = np.max(np.asarray(loc.box_iou(a=boxes[:, None], b=gt)), axis=-1)
+        np.testing.assert_array_equal(iou, own_tree)
+        np.testing.assert_array_equal(iou, ref_sweep_ious(cams=cams, gt_boxes=gt,
+                                                          thresholds=[], theta=theta)['fixed'])
+        # -2 everywhere: tau = -2 theta is above it unless theta = 1; 0 everywhere: all.
+        assert (iou[20] > 0) == (theta == 1.0) and iou[21] > 0
+        assert len(np.unique(iou)) > 20                      # boxes of every kind
+
+
+@pytest.mark.parametrize('step', [0.05, 0.007])  # 20 thresholds (+ tau); 143: binary search
+def test_eval_localization_one_tree_per_chunk_matches_scipy(monkeypatch, step):
+    """mode=eval's localization numbers (top-1 / GT-known loc, MaxBoxAcc, V2 and
+    their thresholds) are the same with the IoUs from one component tree per
+    chunk as with the scipy loop's, which labels every mask on its own. The
+    0.05 grid holds tau = 0.2 * max itself (a tie in each image's thresholds)."""
+    rng = np.random.default_rng(9)
+    cams = np.maximum(rng.normal(size=(24, 7, 7)), 0).astype(np.float32)  # ReLU'd, upsampled
+    cams[:12] = smooth_cams(rng, 12, 7)
+    cams[5] = 1.0                                           # constant: normalized to zeros
+    maps = np.asarray(loc.normalize_cams(cams=cams, size=(48, 48)))
+    gt = boxes_around(rng, maps).astype(np.int32)          # int32, as eval batches carry them
+    args = dict(cams=cams, gt_boxes=gt, correct=rng.random(24) < 0.7, image_size=48, theta=0.2,
+                threshold_step=step, chunk=8)
+    trees = []
+    tree_inputs = loc._tree_inputs
+    monkeypatch.setattr(loc, '_tree_inputs', lambda *a: trees.append(1) or tree_inputs(*a))
+    ours = evaluate.localization_metrics(**args)
+    assert len(trees) == 3                                  # 24 images, chunks of 8
+    monkeypatch.setattr(loc, 'sweep_ious', ref_sweep_ious)
+    assert evaluate.localization_metrics(**args) == ours
+    assert 0 < ours['gt_known_loc'] < 1 and 0 < ours['max_box_acc'] < 1
+    assert ours['top1_loc'] < ours['gt_known_loc'] and 0 < ours['max_box_acc_v2'] < 1
+
+
 def test_fixed_threshold_loc_top1_vs_gt_known():
     """tau = 0.2 * max: a wide 1.5 plateau is below tau = 2 for a map peaking at
     10, so only the peak is boxed; with an absolute 0.2 the plateau would win."""

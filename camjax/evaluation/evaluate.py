@@ -132,12 +132,11 @@ def localization_metrics(*, cams, gt_boxes, correct, image_size: int, theta: flo
     for start in range(0, len(cams), chunk):
         maps = localization.normalize_cams(cams=cams[start:start + chunk],
                                            size=(image_size, image_size))
-        boxes = gt_boxes[start:start + chunk]
-        ious['fixed'].append(localization.fixed_threshold_loc(
-            cams=maps, gt_boxes=boxes, pred_correct=correct[start:start + chunk],
-            theta=theta)['iou'])
-        swept = localization.sweep_ious(cams=maps, gt_boxes=boxes, thresholds=thresholds)
-        ious['v1'].append(swept['largest'])  # one component-tree pass gives V1 and V2
+        # One component-tree pass gives the tau = theta * max boxes, V1 and V2.
+        swept = localization.sweep_ious(cams=maps, gt_boxes=gt_boxes[start:start + chunk],
+                                        thresholds=thresholds, theta=theta)
+        ious['fixed'].append(swept['fixed'])
+        ious['v1'].append(swept['largest'])
         ious['v2'].append(swept['any'])
     fixed = np.concatenate(ious['fixed']) >= 0.5
     v1 = localization.box_accuracy(ious=np.concatenate(ious['v1']), thresholds=thresholds)

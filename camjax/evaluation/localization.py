@@ -17,10 +17,12 @@ Conventions:
   loc, the ground-truth class for GT-known loc / MaxBoxAcc. Whether the CAM
   uses positive classifier weights only is the caller's choice.
 
-How the threshold sweep is vectorized (`threshold_ious`): the masks of one CAM
+How the threshold sweep is vectorized (`sweep_ious`): the masks of one CAM
 at increasing thresholds are nested, so one component tree describes all T of
 them, built in O(H W) per image instead of O(T H W) (a max-tree, as in
-mathematical morphology):
+mathematical morphology). The thresholds may differ per image (eval adds each
+map's own tau = theta * max to the shared sweep), as long as each image's are
+ascending:
   1. Each pixel gets its level = #{t: cam >= thr_t}; it is in mask t iff
      level > t. As the threshold falls, pixels enter by decreasing level, in a
      level by decreasing (rounded) cam, then in raster order.
@@ -128,12 +130,16 @@ def _bits(n):
 
 
 def _levels(cams, thresholds):
-    """(N, H, W) int32 number of thresholds <= cam (thresholds ascending)."""
-    if thresholds.shape[0] <= _UNROLL_MAX_T:
+    """(N, H, W) int32 number of thresholds <= cam; thresholds (T,) or per
+    image (N, T), ascending."""
+    thresholds = jnp.broadcast_to(thresholds, (cams.shape[0], thresholds.shape[-1]))
+    if thresholds.shape[1] <= _UNROLL_MAX_T:
         # Unrolled compares fuse into one elementwise pass: on CPU ~6x faster
         # than searchsorted's gathers for the usual 100 thresholds.
-        return sum((cams >= thresholds[i]).astype(jnp.int32) for i in range(thresholds.shape[0]))
-    return jnp.searchsorted(thresholds, cams, side='right').astype(jnp.int32)
+        return sum((cams >= thresholds[:, i, None, None]).astype(jnp.int32)
+                   for i in range(thresholds.shape[1]))
+    return jax.vmap(lambda t, c: jnp.searchsorted(t, c, side='right'))(
+        thresholds, cams).astype(jnp.int32)
 
 
 def _order_value(cams, level):
@@ -174,7 +180,7 @@ def _prepare(cams, thresholds):
     a level by decreasing order value (`_order_value`), then in raster order.
 
     Args:
-      cams: (N, H, W) float32; thresholds: (T,) ascending.
+      cams: (N, H, W) float32; thresholds: (T,) or (N, T), ascending.
     Returns:
       level (N, H, W) int32; value (N, H, W) float32 order values; up (N, H*W)
       int32; birth, cand (N, H, W) bool; the largest per-image birth and
@@ -366,6 +372,8 @@ def _largest(tree):
 def _sweep_kernel(level, value, up, birth, cand, gt_boxes, **sizes):
     tree = _component_tree(level, value, up, birth, cand, **sizes)
     largest = _largest(tree)
+    # MaxBoxAcc's box: the largest component's; MaxBoxAccV2's multi-contour
+    # boxes: every component's, the best match counts (Choe et al. 2020).
     largest_iou = _best_gt_iou(largest, gt_boxes)
     any_iou = jnp.max(jnp.where(tree['exists'], _best_gt_iou(tree['box'], gt_boxes), 0.0), -1)
     return largest, largest_iou, any_iou
@@ -488,29 +496,52 @@ def largest_component_box(*, masks, chunk_size=None):
 # =============================================================================
 # Threshold sweeps: MaxBoxAcc (V1) and MaxBoxAccV2.
 # =============================================================================
-def sweep_ious(*, cams, gt_boxes, thresholds=DEFAULT_THRESHOLDS, chunk_size=None):
-    """Both IoUs of `threshold_ious` from one pass over the component trees.
+def sweep_ious(*, cams, gt_boxes, thresholds=DEFAULT_THRESHOLDS, theta=None, chunk_size=None):
+    """Per image and CAM threshold, the IoU with the best-matching gt box of
+    the box around the largest 8-connected component of cam >= thr (MaxBoxAcc)
+    and of the best of all components' boxes (MaxBoxAccV2's multi-contour
+    boxes): Choe et al., CVPR 2020, "Evaluating Weakly Supervised Object
+    Localization Methods Right", and its TPAMI 2022 version. One component tree
+    per chunk of images gives both, and the fixed-threshold IoU too.
 
+    Args:
+      cams: (N, H, W) CAMs, normally in [0, 1] (`normalize_cams`).
+      gt_boxes: (N, M, 4) gt boxes, rows of -1 as padding.
+      thresholds: (T,) CAM thresholds, in any order; foreground is cam >= thr.
+      theta: if given, also the largest component's IoU at each map's own
+        tau = theta * max M (`fixed_threshold_loc`): tau joins that image's
+        thresholds in the same tree.
+      chunk_size: images per kernel call (default: 512K pixels' worth).
     Returns:
-      dict of (N, T) float32 numpy arrays: 'largest' (MaxBoxAcc) and 'any'
-      (best over all components, MaxBoxAccV2), columns in the order of
-      `thresholds`.
+      dict of float32 numpy arrays, 0 where the mask is empty: 'largest' and
+      'any', (N, T) with columns in the order of `thresholds`; with theta,
+      'fixed', (N,). Host-level (not jittable): array sizes depend on the data.
     """
     cams = jnp.asarray(cams, jnp.float32)
     gt_boxes = jnp.asarray(gt_boxes, jnp.float32)
     n, h, w = cams.shape
     thresholds = np.asarray(thresholds, np.float32).reshape(-1)
-    order = np.argsort(thresholds, kind='stable')
-    ascending = jnp.asarray(thresholds[order])
-    out = {'largest': np.zeros((n, thresholds.size), np.float32),
-           'any': np.zeros((n, thresholds.size), np.float32)}
+    num_t = thresholds.size
+    ious = {k: np.zeros((n, num_t + (theta is not None)), np.float32) for k in ('largest', 'any')}
     for start, stop, size in _chunks(n, chunk_size or _CHUNK_PIXELS // (h * w)):
-        inputs, sizes = _tree_inputs(_pad_to(cams[start:stop], size, 0.0), ascending)
+        chunk = _pad_to(cams[start:stop], size, 0.0)
+        rows = np.broadcast_to(thresholds, (size, num_t))
+        if theta is not None:  # tau = theta * max M, one per image
+            tau = np.asarray(theta * jnp.max(chunk, axis=(1, 2)))
+            rows = np.concatenate([rows, tau[:, None]], axis=1)
+        # The tree needs each image's thresholds ascending (a NaN tau sorts
+        # last: its mask, like cam >= NaN, is empty); `back` undoes the sort.
+        order = np.argsort(rows, axis=1, kind='stable')
+        back = np.argsort(order, axis=1)
+        inputs, sizes = _tree_inputs(chunk, jnp.asarray(np.take_along_axis(rows, order, 1)))
         _, largest_iou, any_iou = _sweep_kernel(
-            *inputs, _pad_to(gt_boxes[start:stop], size, -1.0), num_thresholds=thresholds.size,
+            *inputs, _pad_to(gt_boxes[start:stop], size, -1.0), num_thresholds=rows.shape[1],
             **sizes)
-        out['largest'][start:stop, order] = np.asarray(largest_iou)[:stop - start]
-        out['any'][start:stop, order] = np.asarray(any_iou)[:stop - start]
+        for key, iou in (('largest', largest_iou), ('any', any_iou)):
+            ious[key][start:stop] = np.take_along_axis(np.asarray(iou), back, 1)[:stop - start]
+    out = {'largest': ious['largest'][:, :num_t], 'any': ious['any'][:, :num_t]}
+    if theta is not None:
+        out['fixed'] = ious['largest'][:, num_t]
     return out
 
 
@@ -607,7 +638,7 @@ def fixed_threshold_loc(*, cams, gt_boxes, pred_correct, theta: float = 0.2,
 
     Each map is thresholded at tau = theta * max(M) (foreground: M >= tau) and
     the box of its largest 8-connected component is matched with the best gt
-    box.
+    box. The same numbers as `sweep_ious(theta=...)['fixed']`, which eval uses.
 
     Args:
       cams: (N, H, W) CAMs of the class to localize (see the module docstring).
@@ -620,10 +651,8 @@ def fixed_threshold_loc(*, cams, gt_boxes, pred_correct, theta: float = 0.2,
       'top1_loc' (correct class AND IoU >= iou_threshold), plus 'iou', the (N,)
       numpy IoUs.
     """
-    cams = jnp.asarray(cams, jnp.float32)
-    tau = theta * jnp.max(cams, axis=(1, 2), keepdims=True)
-    boxes = largest_component_box(masks=cams >= tau, chunk_size=chunk_size)
-    iou = np.asarray(_best_gt_iou(boxes, jnp.asarray(gt_boxes, jnp.float32)))
+    iou = sweep_ious(cams=cams, gt_boxes=gt_boxes, thresholds=(), theta=theta,
+                     chunk_size=chunk_size)['fixed']
     hit = iou >= iou_threshold
     return {'gt_known_loc': float(np.mean(hit)),
             'top1_loc': float(np.mean(hit & np.asarray(pred_correct, bool))), 'iou': iou}
