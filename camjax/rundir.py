@@ -173,6 +173,10 @@ class RunDir:
         torn = not self._path(METRICS).read_text().endswith('\n')
         records = self.records()
         kept = [r for r in records if 'step' not in r or r['step'] <= step]  # config_change
+        if len(kept) != len(records):
+            # A 'best' record names the best step but is written at the run's
+            # end, after every other record: it goes with the steps after `step`.
+            kept = [r for r in kept if r['kind'] != 'best']
         if len(kept) != len(records) or torn:
             self._write_atomic(METRICS, ''.join(json.dumps(r) + '\n' for r in kept))
 

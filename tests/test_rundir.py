@@ -34,3 +34,16 @@ def test_rewind_drops_replayed_and_torn_records(tmp_path):
     assert [r['step'] for r in rundir.records()] == [2, 4, 6]
     rundir.rewind(-1)
     assert rundir.records() == []
+
+
+def test_rewind_drops_the_end_of_run_best_record_with_the_later_steps(tmp_path):
+    """A finished run's 'best' record names the best step (2) but was written
+    last: resuming from step 2 (a damaged newest save) replays it at the end."""
+    rundir = RunDir(tmp_path)
+    for record in ({'kind': 'train', 'step': 2}, {'kind': 'eval', 'step': 2},
+                   {'kind': 'train', 'step': 4}, {'kind': 'best', 'step': 2}):
+        rundir.append(record)
+    rundir.rewind(4)  # nothing after step 4: the finished run stays as it is
+    assert [r['kind'] for r in rundir.records()] == ['train', 'eval', 'train', 'best']
+    rundir.rewind(2)
+    assert rundir.records() == [{'kind': 'train', 'step': 2}, {'kind': 'eval', 'step': 2}]
