@@ -31,6 +31,7 @@ test: lint
 bench: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e '.[bench]'
 	$(VENV)/bin/python bench/step_throughput.py
+	$(VENV)/bin/python bench/train_throughput.py
 	$(VENV)/bin/python bench/loss_overhead.py
 	$(VENV)/bin/python bench/linr_overhead.py
 	$(VENV)/bin/python bench/localization_throughput.py
