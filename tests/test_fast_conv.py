@@ -18,6 +18,9 @@ from camjax.models.fast_conv import FastConv
     ((1, 1), 1, 'SAME', 7, (3, 9, 9, 4)),
     ((7, 7), 2, 3, 4, (2, 16, 16, 3)),
     ((3, 3), 1, 'VALID', 5, (20, 8, 8, 2)),  # more images than one chunk
+    ((3, 3), 1, 1, 6, (4, 2, 2, 5)),  # outputs below the kernel: patches @ kernel
+    ((3, 3), 2, 1, 6, (4, 3, 3, 5)),
+    ((3, 3), 1, 1, 6, (4, 1, 1, 5)),
 ])
 def test_matches_nn_conv(kernel, strides, padding, features, shape):
     x = jax.random.normal(jax.random.key(0), shape)
