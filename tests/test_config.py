@@ -191,3 +191,15 @@ def test_default_workdir_names_the_variant():
     assert default_workdir('configs/default.py') == os.path.join('runs', 'default')
     assert default_workdir('configs/imagenet_hnc.py:resnet152,hnc_kd') == os.path.join(
         'runs', 'imagenet_hnc_resnet152-hnc_kd')
+
+
+def test_onednn_conv_without_its_library_is_a_config_error(monkeypatch):
+    from camjax.config import schema
+    from camjax.errors import ConfigError
+    from camjax.models import onednn_conv
+    monkeypatch.setattr(onednn_conv, '_lib', None)
+    monkeypatch.setenv('CAMJAX_ONEDNN_ROOT', '/nonexistent')
+    monkeypatch.delenv('CAMJAX_ONEDNN_LIB', raising=False)
+    with pytest.raises(ConfigError, match=r"^model.conv_impl='onednn': oneDNN headers/library "
+                                          r"not found .*pip install -e '.\[onednn\]'$"):
+        schema._check_onednn(1)

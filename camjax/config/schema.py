@@ -331,6 +331,19 @@ def _is_float_dtype(name) -> bool:
         return False
 
 
+def _check_onednn(num_devices: int) -> None:
+    """conv_impl='onednn' needs its library built (on first use) and runs on
+    one CPU device: XLA cannot split its custom calls over a sharded batch,
+    so every device would convolve the whole batch."""
+    from camjax.models import onednn_conv
+    _require(num_devices == 1, f"model.conv_impl='onednn' runs on one CPU device, not "
+             f"{num_devices}; use 'auto' or 'fast' for data parallelism")
+    try:
+        onednn_conv.load()
+    except onednn_conv.OnednnUnavailable as e:
+        raise ConfigError(f"model.conv_impl='onednn': {e}") from None
+
+
 def validate(config, *, num_devices: int) -> None:
     """Raise ConfigError naming the first invalid field of `config`."""
     from camjax import objectives
@@ -340,6 +353,8 @@ def validate(config, *, num_devices: int) -> None:
     _check_against(config, schema, skip=('model', 'loss'))
     _require(config.mode in MODES, f'mode={config.mode!r} must be one of {MODES}')
     _check_model(config.model)
+    if config.model.get('conv_impl') == 'onednn':
+        _check_onednn(num_devices)
     objectives.validate_terms(config.loss)
     check_dataset_name(config.dataset.name)
 
