@@ -97,7 +97,8 @@ CASES = {
     'cifar resnet depth': ([SMOKE, '--config.model.depth=9'], 'model.depth=9 must be 6n+2'),
     'batch not divisible': ([SMOKE, '--config.train.batch_size=7', '--devices=2'],
                             'train.batch_size=7 is not divisible by the device count 2'),
-    'onednn conv on two devices': ([SMOKE, '--config.model.conv_impl=onednn', '--devices=2'],
+    'onednn conv on two devices': ([SMOKE, '--devices=2', "--config.model={{'name': 'resnet8', "
+                                    "'width': 4, 'conv_impl': 'onednn'}}"],
                                    "model.conv_impl='onednn' runs on one CPU device, not 2"),
     'init_from_step': ([SMOKE, '--config.train.init_from_step=-3'],
                        'train.init_from_step must be a step >= 0, or -1'),
