@@ -1,5 +1,5 @@
 """The embedded offline default: a small CIFAR-style ResNet on the synthetic
-localization dataset with cross-entropy. Needs no download; about 3-4 minutes
+localization dataset with cross-entropy. Needs no download; about 1.5 minutes
 on 2 CPU cores (the dataset is generated once into ~/.cache/camjax/tfds)."""
 
 from camjax.config.schema import base_config
