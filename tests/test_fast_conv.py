@@ -39,10 +39,15 @@ def test_matches_nn_conv(kernel, strides, padding, features, shape):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
-def test_resnet_with_fast_conv_matches_xla_conv():
+@pytest.mark.parametrize('impl', ['fast', 'onednn'])
+def test_resnet_with_fast_conv_matches_xla_conv(impl):
+    if impl == 'onednn':
+        from camjax.models import onednn_conv
+        if not onednn_conv.available():
+            pytest.skip("oneDNN conv not available (pip install -e '.[onednn]')")
     x = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
     xla = build_model('resnet8', num_classes=5, width=4, conv_impl='xla')
-    fast = build_model('resnet8', num_classes=5, width=4, conv_impl='fast')
+    fast = build_model('resnet8', num_classes=5, width=4, conv_impl=impl)
     variables = init_variables(xla, jax.random.key(3), x)
 
     def loss(model):

@@ -128,7 +128,8 @@ def default_chunk(features: int) -> int:
 
 
 class FastConv(nn.Module):
-    """Drop-in for `nn.Conv` on NHWC inputs (2-D kernels, no dilation/groups)."""
+    """Drop-in for `nn.Conv` on NHWC inputs (2-D kernels, no dilation/groups);
+    `cpu_kernels='onednn'` runs it in oneDNN on CPU (conv_impl='onednn')."""
 
     features: int
     kernel_size: Sequence[int]
@@ -141,6 +142,7 @@ class FastConv(nn.Module):
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
     chunk: int | None = None  # images and output channels per weight-gradient piece;
                               # None: `default_chunk(features)`
+    cpu_kernels: str = 'xla'  # 'onednn': oneDNN's kernels on CPU (onednn_conv.py)
 
     @nn.compact
     def __call__(self, x):
@@ -160,7 +162,10 @@ class FastConv(nn.Module):
         bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if output_below_kernel(x.shape[1:3], ks, strides, pads):  # plain autodiff of either
+        if self.cpu_kernels == 'onednn':
+            from camjax.models import onednn_conv
+            y = onednn_conv.conv(x, kernel, strides, pads, self.chunk)
+        elif output_below_kernel(x.shape[1:3], ks, strides, pads):  # plain autodiff of either
             y = lax.platform_dependent(x, kernel, cpu=functools.partial(
                 _conv_as_dot, strides=strides, pads=pads), default=functools.partial(
                 _conv, strides=strides, pads=pads))

@@ -19,7 +19,7 @@ def conv_class(impl: str):
     """The convolution module for `impl`: 'xla' (flax nn.Conv), 'fast'
     (FastConv: the same parameter tree and results to float32 rounding, with a
     weight gradient XLA:CPU runs faster, see fast_conv.py), 'onednn'
-    (OnednnConv: float32 CPU convolutions in oneDNN through the XLA FFI, built
+    (FastConv running float32 CPU convolutions in oneDNN through the XLA FFI, built
     on first use from the `onednn` extra, see onednn_conv.py) or 'auto' (the
     default: 'fast' on the CPU backend, 'xla' on GPU and TPU, whose own
     convolutions are fast). Asked when a model is traced, so after the
@@ -33,8 +33,8 @@ def conv_class(impl: str):
         from camjax.models.fast_conv import FastConv
         return FastConv
     if impl == 'onednn':
-        from camjax.models.onednn_conv import OnednnConv
-        return OnednnConv
+        from camjax.models.fast_conv import FastConv
+        return functools.partial(FastConv, cpu_kernels='onednn')
     raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}')
 
 

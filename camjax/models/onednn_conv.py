@@ -1,4 +1,4 @@
-"""`OnednnConv`: `flax.linen.Conv` whose CPU forward, input gradient and weight
+"""`conv`: a convolution whose CPU forward, input gradient and weight
 gradient run in oneDNN (the library PyTorch's CPU convolutions use), called
 from XLA through the FFI (`jax.ffi`). A prototype (issue 12, item 9).
 
@@ -29,10 +29,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,45 +220,6 @@ def conv(x, k, strides, pads, chunk=None):
             and not sharded):
         return onednn_conv(x, k, strides, pads)
     return fast_conv(x, k, strides, pads, chunk or default_chunk(k.shape[-1]))
-
-
-class OnednnConv(nn.Module):
-    """Drop-in for `nn.Conv` on NHWC inputs (2-D kernels, no dilation/groups)."""
-
-    features: int
-    kernel_size: Sequence[int]
-    strides: int | Sequence[int] = 1
-    padding: str | int | Sequence = 'SAME'
-    use_bias: bool = True
-    dtype: jnp.dtype | None = None
-    param_dtype: jnp.dtype = jnp.float32
-    kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
-    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-
-    @nn.compact
-    def __call__(self, x):
-        ks = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else self.kernel_size
-        ks = tuple(ks)
-        if x.ndim != 4 or len(ks) != 2:
-            raise ValueError(f'OnednnConv takes NHWC inputs and 2-D kernels, got {x.shape}, {ks}')
-        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-        pad = nn.linear.canonicalize_padding(self.padding, 2)
-        if isinstance(pad, str):
-            if pad not in ('SAME', 'VALID'):
-                raise ValueError(f'OnednnConv supports SAME/VALID/explicit padding, got {pad!r}')
-            pad = lax.padtype_to_pads(x.shape[1:3], ks, strides, pad)
-        pads = tuple((int(lo), int(hi)) for lo, hi in pad)
-        kernel = self.param('kernel', self.kernel_init, ks + (x.shape[-1], self.features),
-                            self.param_dtype)
-        bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-                if self.use_bias else None)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv(x, kernel, strides, pads)
-        return y + bias if self.use_bias else y
-
-
-# Auto-named 'Conv_0', ... like nn.Conv, so parameter paths are the same.
-OnednnConv.__name__ = 'Conv'
 
 
 if __name__ == '__main__':  # python -m camjax.models.onednn_conv: build and report
