@@ -39,58 +39,29 @@ import concurrent.futures
 import glob
 import io
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import archives  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHIVE = os.path.join(ROOT, '..', 'shared', 'data', 'tiny-imagenet-200.tar.gz')
 DEFAULT_CACHE = os.path.join('~', '.cache', 'camjax', 'bench')
 FOLDER = 'tiny-imagenet-200'
-UNPACKED = '.unpacked'  # marker: the archive was unpacked completely
 
 
 # =============================================================================
 # Data
 # =============================================================================
 def unpacked_tiny_imagenet(archive: str, cache: str) -> str:
-    """`cache`/tiny-imagenet-200, holding `archive` unpacked; unpacked now
-    unless a complete earlier unpacking is there. Atomic: unpacked beside it,
-    then renamed, so an interrupted or concurrent run never leaves half."""
-    cache = os.path.abspath(os.path.expanduser(cache))
-    root = os.path.join(cache, FOLDER)
-    if os.path.exists(os.path.join(root, UNPACKED)):
-        return root
-    os.makedirs(cache, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=cache, prefix='.unpacking-')
-    try:
-        print(f'unpacking {os.path.normpath(archive)} into {root} (once) ...', flush=True)
-        if shutil.which('tar'):  # much faster than tarfile on 120,000 small files
-            subprocess.run(['tar', '-xzf', archive, '-C', tmp, '--no-same-owner'], check=True)
-        else:
-            import tarfile
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter='data')
-        unpacked = os.path.join(tmp, FOLDER)
-        if not os.path.isfile(os.path.join(unpacked, 'wnids.txt')):
-            raise SystemExit(f'{archive} has no {FOLDER}/wnids.txt')
-        open(os.path.join(unpacked, UNPACKED), 'w').close()
-        if os.path.exists(root):  # an incomplete earlier unpacking
-            shutil.rmtree(root)
-        try:
-            os.rename(unpacked, root)
-        except OSError:  # another run finished first
-            if not os.path.exists(os.path.join(root, UNPACKED)):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    """`cache`/tiny-imagenet-200, holding `archive` unpacked (once)."""
+    return archives.unpacked(archive, os.path.join(os.path.expanduser(cache), FOLDER),
+                             inner=FOLDER, expect=('wnids.txt',))
 
 
 def tiny_imagenet_dir(args) -> str | None:

@@ -73,13 +73,13 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import archives  # noqa: E402
 import step_throughput  # noqa: E402  (the torch ResNet mirror and optimizer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHIVE = os.path.join(ROOT, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')
 DEFAULT_CACHE = os.path.join('~', '.cache', 'camjax', 'bench', 'cifar10')
 CONFIG = os.path.join('configs', 'cifar10_resnet20.py')
-UNPACKED = '.unpacked'  # marker: the archive was unpacked completely
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 
 
@@ -87,36 +87,8 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 # Data and config
 # =============================================================================
 def unpacked_cifar10(archive: str, cache: str) -> str:
-    """`cache`, holding `archive` unpacked (train/, test/); unpacked now
-    unless a complete earlier unpacking is there. Atomic: unpacked beside it,
-    then renamed, so an interrupted or concurrent run never leaves half."""
-    cache = os.path.abspath(os.path.expanduser(cache))
-    if os.path.exists(os.path.join(cache, UNPACKED)):
-        return cache
-    parent = os.path.dirname(cache)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix='.unpacking-')
-    try:
-        print(f'unpacking {archive} into {cache} (once) ...', flush=True)
-        if shutil.which('tar'):  # ~10x faster than tarfile on 60,000 small files
-            subprocess.run(['tar', '-xzf', archive, '-C', tmp, '--no-same-owner'], check=True)
-        else:
-            import tarfile
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter='data')
-        if not all(os.path.isdir(os.path.join(tmp, s)) for s in ('train', 'test')):
-            raise SystemExit(f'{archive} has no train/ and test/ folders')
-        open(os.path.join(tmp, UNPACKED), 'w').close()
-        if os.path.exists(cache):  # an incomplete earlier unpacking
-            shutil.rmtree(cache)
-        try:
-            os.rename(tmp, cache)
-        except OSError:  # another run finished first
-            if not os.path.exists(os.path.join(cache, UNPACKED)):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return cache
+    """`cache`, holding `archive` unpacked (train/, test/; once)."""
+    return archives.unpacked(archive, cache, expect=('train', 'test'))
 
 
 def load_config(path: str):
