@@ -60,7 +60,6 @@ reported as skipped.
 
 import argparse
 import ast
-import importlib.util
 import json
 import os
 import shutil
@@ -76,6 +75,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import archives  # noqa: E402
 import step_throughput  # noqa: E402  (the torch ResNet mirror and optimizer)
 
+from camjax.config.files import load_config_file  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHIVE = os.path.join(ROOT, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')
 DEFAULT_CACHE = os.path.join('~', '.cache', 'camjax', 'bench', 'cifar10')
@@ -89,14 +90,6 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 def unpacked_cifar10(archive: str, cache: str) -> str:
     """`cache`, holding `archive` unpacked (train/, test/; once)."""
     return archives.unpacked(archive, cache, expect=('train', 'test'))
-
-
-def load_config(path: str):
-    """The config of the camjax config file `path` (its get_config())."""
-    spec = importlib.util.spec_from_file_location('_bench_config', os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def cli_overrides(args, data: str) -> dict:
@@ -363,7 +356,8 @@ def main(argv=None):
         return None
     else:
         data = unpacked_cifar10(args.archive, args.cache)
-    config = apply(load_config(args.config), cli_overrides(args, data))  # as the CLI's
+    config = load_config_file(os.path.join(ROOT, args.config))
+    config = apply(config, cli_overrides(args, data))  # as the CLI's
 
     print(f'{config.model.name} on {data}: batch {args.batch}, {args.steps} steps per loop, '
           f'the first {args.warmup_steps} excluded (compile, warm-up); '

@@ -15,7 +15,6 @@ to nothing, a missing key or a wrong shape is a one-line error naming the key
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -197,10 +196,11 @@ def run_config(arch: str, config_arg: str | None = None):
     it describes a trained run."""
     import jax
 
+    from camjax.config.files import load_config_file
     from camjax.config.presets import imagenet2012
     from camjax.config.schema import base_config, resolve_device_sizes, validate
     if config_arg:
-        config = _load_config(config_arg)
+        config = load_config_file(config_arg)
         model = {k: config.model[k] for k in ('dtype', 'conv_impl') if k in config.model}
     else:
         config, model = base_config(), {}
@@ -211,22 +211,6 @@ def run_config(arch: str, config_arg: str | None = None):
     resolve_device_sizes(config, num_devices=jax.device_count())
     validate(config, num_devices=jax.device_count())
     return config
-
-
-def _load_config(arg: str):
-    path, _, variant = arg.partition(':')
-    if not os.path.isfile(path):
-        raise CamjaxError(f'--config: config file {path!r} does not exist')
-    spec = importlib.util.spec_from_file_location('camjax_convert_config', path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-        return module.get_config(variant or None)
-    except CamjaxError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- config files may raise anything
-        raise CamjaxError(f'could not load config {arg!r}: {type(e).__name__}: '
-                          f'{" ".join(str(e).split())}') from None
 
 
 def write_run(out: str, config, variables: dict, *, source: str) -> None:

@@ -5,7 +5,6 @@ and head), the runs an analysis compares, and a selection metric the data
 provides. Each failure is a ConfigError or CamjaxError naming the problem.
 """
 
-
 from etils import epath
 
 from camjax.checkpoint import saved_steps
