@@ -29,11 +29,14 @@ class Term:
     per-example vector or a scalar that already accounts for `weights`.
     `defaults` lists the term's own arguments; a config may set only these.
     `check(args, num_classes)` returns an error message for bad values, or None;
-    num_classes is None before the dataset is known.
+    num_classes is None before the dataset is known. `classifies`: the term
+    is linear in its target, so under mixup the objective takes it as
+    lam x term(labels) + (1 - lam) x term(mix_labels) (`camjax.training.mixup`).
     """
     fn: Callable[..., Any]
     defaults: Mapping[str, Any]
     check: Callable[[Mapping[str, Any], int | None], str | None] = lambda args, k: None
+    classifies: bool = False
 
 
 def _cross_entropy(inputs, *, label_smoothing):
@@ -46,18 +49,33 @@ def _weighted_sigmoid_ce(inputs):
                                                   pos_rate=inputs['pos_rate'])
 
 
+def negative_classes(inputs, k):
+    """(B,k) indices of each example's top-k scoring negative classes and
+    their validity (HNC paper, Sec. 3.1). Negatives exclude every positive:
+    the label, all positive labels of multi-label data, and under mixup the
+    partner's label too, unless lam = 1 mixed nothing in."""
+    logits = inputs['logits']
+    positives = _positives(inputs['labels'], logits.shape[-1])
+    if 'mix_labels' in inputs:
+        partner = inputs['mix_lam'][:, None] < 1
+        positives |= _positives(inputs['mix_labels'], logits.shape[-1]) & partner
+    return losses.top_negative_classes(logits=logits, positives=positives, k=k)
+
+
 def _negative_cams(inputs, k):
     """CAMs (B,k,H,W) of each example's top-k negative classes, and their validity."""
-    labels, logits = inputs['labels'], inputs['logits']
-    if labels.ndim == 2:  # multi-label: every positive class is excluded
-        positives = labels > 0
-    else:
-        positives = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
-    classes, valid = losses.top_negative_classes(logits=logits, positives=positives, k=k)
+    classes, valid = negative_classes(inputs, k)
     cams = losses.class_activation_maps(features=inputs['features'],
                                         kernel=inputs['classifier']['kernel'],
                                         bias=inputs['classifier']['bias'], classes=classes)
     return cams, valid
+
+
+def _positives(labels, num_classes):
+    """(B,K) bool: the classes of single-label (B,) or multi-label (B,K) labels."""
+    if labels.ndim == 2:  # multi-label: every positive class
+        return labels > 0
+    return jax.nn.one_hot(labels, num_classes, dtype=bool)
 
 
 def _hnc_mse(inputs, *, k, alpha):
@@ -98,9 +116,9 @@ def _check_penalty(args, num_classes):
 TERMS: dict[str, Term] = {
     'cross_entropy': Term(_cross_entropy, {'label_smoothing': 0.0},
                           lambda a, k: None if 0 <= a['label_smoothing'] < 1
-                          else 'label_smoothing must be in [0, 1)'),
+                          else 'label_smoothing must be in [0, 1)', classifies=True),
     # HNC paper, Eq. 8: multi-label classification (Eq. 9 adds an HNC term).
-    'weighted_sigmoid_ce': Term(_weighted_sigmoid_ce, {}),
+    'weighted_sigmoid_ce': Term(_weighted_sigmoid_ce, {}, classifies=True),
     # HNC paper, Eq. 2 and Eq. 5, on the top-k negative classes.
     'hnc_mse': Term(_hnc_mse, {'k': 10, 'alpha': 0.0}, _check_k),
     'hnc_kd': Term(_hnc_kd, {'k': 10}, _check_k),
@@ -120,12 +138,16 @@ def _term_args(term: Mapping[str, Any]) -> dict:
 CLASSIFICATION_TERMS = {False: 'cross_entropy', True: 'weighted_sigmoid_ce'}
 
 
-def objective_inputs(logits, features, labels, params, pos_rate) -> dict:
+def objective_inputs(logits, features, labels, params, pos_rate, mix=None) -> dict:
     """What every objective term reads: the model outputs, labels, params,
-    the CAM classifier and (multi-label) the training split's positive rates."""
+    the CAM classifier and (multi-label) the training split's positive rates.
+    `mix`: (partner labels, lam (B,)) of a mixup batch (`camjax.training.mixup`)."""
     from camjax.models import CLASSIFIER
-    return {'logits': logits, 'features': features, 'labels': labels, 'params': params,
-            'classifier': params[CLASSIFIER], 'pos_rate': pos_rate}
+    inputs = {'logits': logits, 'features': features, 'labels': labels, 'params': params,
+              'classifier': params[CLASSIFIER], 'pos_rate': pos_rate}
+    if mix is not None:
+        inputs['mix_labels'], inputs['mix_lam'] = mix
+    return inputs
 
 
 def validate_terms(terms: Sequence[Mapping[str, Any]], *, num_classes: int | None = None,
@@ -189,13 +211,25 @@ def build_objective(terms: Sequence[Mapping[str, Any]]):
         inputs = {**inputs, 'weights': example_weights}
         values = {}
         for name, weight, args in resolved:
-            value = TERMS[name].fn(inputs, **args)
+            value = _term_value(TERMS[name], inputs, args)
             if value.ndim == 1:
                 value = jnp.sum(value * example_weights) / total_weight
             values[name] = weight * value
         return sum(values.values()), values
 
     return objective
+
+
+def _term_value(term: Term, inputs, args):
+    """The term on `inputs`; on a mixup batch a classification term is
+    lam x term(y_i) + (1 - lam) x term(y_j), i.e. the term of the mixed
+    target lam y_i + (1 - lam) y_j, by linearity (mixup, Zhang et al., Eq. 1)."""
+    value = term.fn(inputs, **args)
+    if term.classifies and 'mix_labels' in inputs:
+        lam = inputs['mix_lam']
+        value = lam * value + (1.0 - lam) * term.fn({**inputs, 'labels': inputs['mix_labels']},
+                                                     **args)
+    return value
 
 
 def negative_cam_peakiness(inputs, k: int):

@@ -117,6 +117,12 @@ CASES = {
                        '--config.refine.rounds=0'], 'refine.rounds (T) must be > 0, got 0'),
     'refine variant': ([SMOKE, '--config.mode=refine', '--config.train.init_from={tmp}/absent',
                         '--config.refine.variant=linrx'], "refine.variant='linrx'"),
+    'mixup alpha negative': ([SMOKE, '--config.train.mixup_alpha=-0.2'],
+                             'config: train.mixup_alpha must be >= 0 (0 = no mixup), got -0.2'),
+    'mixup in a refine run': ([SMOKE, '--config.mode=refine',
+                               '--config.train.init_from={tmp}/absent',
+                               '--config.train.mixup_alpha=1.0'],
+                              'train.mixup_alpha=1.0 applies to mode=train'),
     'refine without init_from': ([SMOKE, '--config.mode=refine'],
                                  'mode=refine needs train.init_from'),
     'init_from on an unknown store': (

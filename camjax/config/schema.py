@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.per_device_eval_batch_size = 0  # after jax.distributed starts (likewise eval_batch_size)
     t.grad_accum_steps = 1        # > 1: each step's gradient over this many microbatches of
     #                               batch_size / grad_accum_steps, in turn (less memory)
+    t.mixup_alpha = 0.0           # > 0: mixup (Zhang et al. 2018), lam ~ Beta(a, a); 0 = off
     t.num_epochs = 10.0
     t.num_steps = 0               # > 0 overrides num_epochs
     t.log_every = 50
@@ -413,6 +414,11 @@ def validate(config, *, num_devices: int) -> None:
     _require(t.batch_size % (t.grad_accum_steps * num_devices) == 0,
              f'train.batch_size={t.batch_size} must split into train.grad_accum_steps='
              f'{t.grad_accum_steps} microbatches that divide over {num_devices} device(s)')
+    _require(0 <= t.mixup_alpha < float('inf'),
+             f'train.mixup_alpha must be >= 0 (0 = no mixup), got {t.mixup_alpha}')
+    _require(t.mixup_alpha == 0 or config.mode not in ('refine', 'sweep'),
+             f'train.mixup_alpha={t.mixup_alpha} applies to mode=train; a refine run\'s '
+             'classification phase does not mix (set it to 0)')
     for per_device, global_field in PER_DEVICE.items():
         _require(t[per_device] == 0 or t[global_field] == t[per_device] * num_devices,
                  f'train.{global_field}={t[global_field]} is not train.{per_device}='

@@ -14,7 +14,7 @@ import optax
 from camjax import objectives, parallel
 from camjax.data import Splits, normalize_images
 from camjax.evaluation import metrics as metrics_lib
-from camjax.training import accumulate, nonfinite, optim
+from camjax.training import accumulate, mixup, nonfinite, optim
 from camjax.training.interrupt import StopSignals
 from camjax.training.loop import LoopState, RunParts, Window, due
 from camjax.training.runlog import Throughput
@@ -33,32 +33,46 @@ def jit_step(step, mesh):
 
 
 def make_train_step(model, objective, tx, *, mean, std, mesh, pos_rate=None,
-                    skip_nonfinite: bool = False, grad_accum_steps: int = 1):
+                    skip_nonfinite: bool = False, grad_accum_steps: int = 1,
+                    mixup_alpha: float = 0.0, seed: int = 0):
     """Jitted `(state, batch) -> (state, metrics)`, the state donated, with
     the non-finite guard's indicators (`camjax.training.nonfinite`)."""
     step = train_step_fn(model, objective, tx, mean=mean, std=std, pos_rate=pos_rate,
-                         grad_accum_steps=grad_accum_steps)
+                         grad_accum_steps=grad_accum_steps, mixup_alpha=mixup_alpha, seed=seed)
     return jit_step(nonfinite.guard_step(step, skip=skip_nonfinite), mesh)
 
 
-def train_step_fn(model, objective, tx, *, mean, std, pos_rate=None, grad_accum_steps: int = 1):
+def train_step_fn(model, objective, tx, *, mean, std, pos_rate=None, grad_accum_steps: int = 1,
+                  mixup_alpha: float = 0.0, seed: int = 0):
     """The pure `(state, batch) -> (state, metrics)` of one `tx` step on
     `objective`, for composing into other steps (a refine run's classification
     phase). `pos_rate` (K,) is the training split's positive rate (multi-label
     only). `grad_accum_steps` > 1 computes the step's gradient over that many
-    microbatches in turn (`camjax.training.accumulate`)."""
+    microbatches in turn (`camjax.training.accumulate`). `mixup_alpha` > 0
+    trains on mixup batches drawn from (`seed`, step) (`camjax.training.mixup`);
+    the reported accuracy is then lam-weighted over the two labels."""
 
     def loss_fn(params, batch_stats, batch):
-        images = normalize_images(batch['image'], mean=mean, std=std)
+        images, labels = batch['image'], batch['label']
         weights = jnp.ones(images.shape[0], jnp.float32)
         logits, features, batch_stats = forward(model, params, batch_stats, images, train=True)
-        inputs = objectives.objective_inputs(logits, features, batch['label'], params, pos_rate)
+        mix = (batch['mix_label'], batch['mix_lam']) if 'mix_lam' in batch else None
+        inputs = objectives.objective_inputs(logits, features, labels, params, pos_rate, mix)
         loss, terms = objective(inputs, weights)
-        accuracy = jnp.mean(metrics_lib.example_accuracy(logits=logits, labels=batch['label']))
-        return loss, (batch_stats, {'loss': loss, 'accuracy': accuracy,
+        correct = metrics_lib.example_accuracy(logits=logits, labels=labels)
+        if mix is not None:
+            lam = batch['mix_lam']
+            correct = lam * correct + (1.0 - lam) * metrics_lib.example_accuracy(
+                logits=logits, labels=batch['mix_label'])
+        return loss, (batch_stats, {'loss': loss, 'accuracy': jnp.mean(correct),
                                     **{f'loss/{name}': value for name, value in terms.items()}})
 
     def train_step(state: TrainState, batch: dict):
+        batch = {**batch, 'image': normalize_images(batch['image'], mean=mean, std=std)}
+        if mixup_alpha > 0:
+            images, partner_labels, lam = mixup.mix(batch['image'], batch['label'],
+                                                    alpha=mixup_alpha, seed=seed, step=state.step)
+            batch = {**batch, 'image': images, 'mix_label': partner_labels, 'mix_lam': lam}
         (_, (batch_stats, step_metrics)), grads = accumulate.value_and_grad(
             loss_fn, state.params, state.batch_stats, batch, steps=grad_accum_steps)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -81,7 +95,8 @@ def build_training(config, model, objective, *, plan, mesh, pos_rate=None):
     tx = optim.make_optimizer(config.optimizer, schedule)
     step = make_train_step(model, objective, tx, mean=tuple(d.mean), std=tuple(d.std), mesh=mesh,
                            pos_rate=pos_rate, skip_nonfinite=t.skip_nonfinite_updates,
-                           grad_accum_steps=t.grad_accum_steps)
+                           grad_accum_steps=t.grad_accum_steps, mixup_alpha=t.mixup_alpha,
+                           seed=config.seed)
     initial = init_state(model, tx.init, seed=config.seed, image_size=d.image_size, mesh=mesh)
     return schedule, step, initial
 
