@@ -72,6 +72,24 @@ def test_epochs_are_reshuffled_and_cover_the_split(splits):
     assert second[len(rest_of_epoch):] != first[:len(second) - len(rest_of_epoch)]  # reshuffled
 
 
+def test_without_reshuffling_every_epoch_repeats_the_first_order(splits):
+    cfg = small_config().dataset
+    cfg.crop_padding, cfg.random_flip, cfg.reshuffle_each_epoch = 0, False, False
+    n = len(splits.train)  # 432 = 27 batches of 16: two epochs end on a batch boundary
+    batches = TrainBatches(splits.train, cfg=cfg, global_batch=16, seed=0,
+                           sharding=parallel.batch_sharded(parallel.make_mesh()))
+    labels = np.concatenate([np.asarray(next(batches)['label']) for _ in range(2 * n // 16)])
+    np.testing.assert_array_equal(labels[n:], labels[:n])
+    assert not np.array_equal(labels[:n], np.sort(labels[:n]))  # still one seeded shuffle
+    # The default draws a new order for the second epoch.
+    cfg.reshuffle_each_epoch = True
+    batches = TrainBatches(splits.train, cfg=cfg, global_batch=16, seed=0,
+                           sharding=parallel.batch_sharded(parallel.make_mesh()))
+    again = np.concatenate([np.asarray(next(batches)['label']) for _ in range(2 * n // 16)])
+    np.testing.assert_array_equal(again[:n], labels[:n])
+    assert not np.array_equal(again[n:], labels[:n])
+
+
 def test_iterator_state_restores_the_exact_stream(splits):
     batches = _train_batches(splits)
     for _ in range(3):

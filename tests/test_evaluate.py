@@ -99,6 +99,8 @@ def test_analyze_compares_a_linr_refinement_with_its_baseline(tmp_path):
     for src in parser.sources:
         assert src.startswith('data:image/png;base64,')
         assert base64.b64decode(src.split(',', 1)[1])[:8] == b'\x89PNG\r\n\x1a\n'
+    figures = sorted(os.listdir(os.path.join(out, 'figures')))  # the same PNGs, as files
+    assert len(figures) == len(parser.sources) and figures[0].startswith('01-')
     for text in ('Per-class effects', 'CAM classifier weights', 'Class activation maps',
                  'Loss landscape', 'Training curves', 'Configs',
                  html_lib.escape(comparison['summary']['headline'])):
@@ -111,6 +113,7 @@ def test_analyze_compares_a_linr_refinement_with_its_baseline(tmp_path):
         assert json.dumps(again[key], sort_keys=True, default=str) == json.dumps(
             summary[key], sort_keys=True, default=str)
     assert sorted(os.listdir(os.path.join(out, 'cache'))) == cached
+    assert len(os.listdir(os.path.join(out, 'figures'))) < len(figures)  # none left over
 
 
 def test_analyze_without_runs_is_a_one_line_error(tmp_path):

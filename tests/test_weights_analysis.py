@@ -1,16 +1,20 @@
 """Classifier-weight analysis: statistics on hand-built kernels, the
-positive-weights-only switch, and the histogram / accuracy-vs-sparsity PNGs."""
+positive-weights-only switch, the histogram / accuracy-vs-sparsity PNGs and
+a linear model's weight images."""
 
 import io
 import math
+import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import small_config
 from PIL import Image
 
 from camjax.analysis.weights import (
     accuracy_vs_sparsity_png,
+    class_weight_images_png,
     histogram_bins,
     weight_histogram_png,
     weight_stats,
@@ -95,3 +99,24 @@ def test_accuracy_vs_sparsity_png(tmp_path):
     # No localization numbers at all is fine too.
     only_cls = [{'name': 'a', 'sparsity': 0.1, 'accuracy': 0.5, 'loc_accuracy': None}]
     assert _png_size(accuracy_vs_sparsity_png(only_cls)) == (700, 500)
+
+
+def test_class_weight_images_of_a_linear_model(tmp_path):
+    from camjax.analysis.analyze import analyze
+    from camjax.data import open_splits
+    from camjax.training.train import train_and_evaluate
+    with pytest.raises(ValueError, match='8x8x3'):
+        class_weight_images_png(np.zeros((10, 3)), image_size=8, class_names='abc')
+    png = class_weight_images_png(np.random.default_rng(0).normal(size=(192, 12)),
+                                  image_size=8, class_names=[str(k) for k in range(12)])
+    assert _png_size(png)[0] > 0
+    # analyze shows them for a softmax-regression run, and only for it.
+    config = small_config(**{'model': dict(name='linear'), 'train.num_steps': 4})
+    train_and_evaluate(config, str(tmp_path / 'linear'), open_splits(config.dataset))
+    analysis = small_config(**{'mode': 'analyze', 'evaluation.runs': (str(tmp_path / 'linear'),),
+                               'evaluation.fgsm_eps': (), 'evaluation.landscape_batches': 0,
+                               'evaluation.cam_grid_images': 0})
+    analyze(analysis, str(tmp_path / 'report'))
+    html = (tmp_path / 'report' / 'report.html').read_text()
+    assert "weights W[:, k] as an image" in html
+    assert any('as_an_image' in f for f in os.listdir(tmp_path / 'report' / 'figures'))

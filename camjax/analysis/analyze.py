@@ -231,6 +231,13 @@ def analyze(config, workdir: str, splits=None) -> dict:
     if all(p['accuracy'] is not None for p in points):
         report.figure(weight_analysis.accuracy_vs_sparsity_png(points),
                       'classification and GT-known localization accuracy against sparsity')
+    for name in names:  # softmax regression: each class's weights as an image
+        run_config, run_splits = runs[name][0], runs[name][1]
+        if run_config.model.name == 'linear':
+            report.figure(weight_analysis.class_weight_images_png(
+                kernels[name], image_size=run_config.dataset.image_size,
+                class_names=run_splits.class_names),
+                f'{name}: each class\'s weights W[:, k] as an image, min-max scaled per class')
 
     if single_label and e.cam_grid_images:
         report.heading('Class activation maps')
@@ -263,6 +270,12 @@ def analyze(config, workdir: str, splits=None) -> dict:
     rundir = RunDir(workdir)
     rundir.write_json('analysis.json', summary, default=_json_default)
     rundir.write_text('report.html', report.html())
+    figures = epath.Path(rundir.file('figures'))  # the report's figures as PNGs, for papers
+    if rundir.is_writer and figures.exists():
+        for stale in figures.glob('*.png'):  # an earlier analysis's
+            stale.unlink()
+    for i, (caption, png) in enumerate(report.figures, 1):
+        rundir.write_bytes(f'figures/{i:02d}-{safe_filename(caption, max_length=48)}.png', png)
     if jax.process_index() == 0:
         for name, result in comparisons.items():
             print(f'{name} vs {baseline}: {result.headline}', flush=True)

@@ -10,6 +10,7 @@ class Report:
     def __init__(self, title: str):
         self._title = title
         self._parts = [f'<h1>{html.escape(title)}</h1>']
+        self.figures: list[tuple[str, bytes]] = []  # (caption, PNG), in page order
 
     def heading(self, text: str) -> None:
         self._parts.append(f'<h2>{html.escape(text)}</h2>')
@@ -30,6 +31,7 @@ class Report:
         self._parts.append(f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
 
     def figure(self, png: bytes, caption: str) -> None:
+        self.figures.append((caption, png))
         data = base64.b64encode(png).decode('ascii')
         self._parts.append(f'<figure><img src="data:image/png;base64,{data}" '
                            f'alt="{html.escape(caption, quote=True)}"><figcaption>'

@@ -209,3 +209,31 @@ def accuracy_vs_sparsity_png(points: Sequence[Mapping], *, path=None,
     ax.set_title('accuracy vs classifier weight sparsity' if title is None else title,
                  fontsize=10)
     return figure_png(fig, path=path, tight_layout=True)
+
+
+def class_weight_images_png(kernel, *, image_size: int, class_names: Sequence[str],
+                            title: str | None = None) -> bytes:
+    """Softmax regression's weights as images (the course notes' weight
+    visualization): class k's column W[:, k] of a linear model on
+    (image_size, image_size, 3) inputs, reshaped to the image and min-max
+    scaled per class to [0, 1], so each tile shows the pattern its class's
+    score rewards (bright) and penalizes (dark)."""
+    w = _kernel(kernel)
+    if w.shape[0] != image_size * image_size * 3:
+        raise ValueError(f'a (D, K) kernel with D = {image_size}x{image_size}x3 is needed, '
+                         f'got {w.shape}')
+    count = w.shape[1]
+    columns = min(count, 10)
+    rows = -(-count // columns)
+    fig = _new_figure((1.3 * columns, 1.5 * rows + (0.4 if title else 0)))
+    for k in range(count):
+        tile = w[:, k].reshape(image_size, image_size, 3)
+        low, high = tile.min(), tile.max()
+        tile = (tile - low) / (high - low) if high > low else np.zeros_like(tile)
+        ax = fig.add_subplot(rows, columns, k + 1)
+        ax.imshow(tile, interpolation='nearest')
+        ax.set_title(str(class_names[k])[:12], fontsize=8)
+        ax.axis('off')
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return figure_png(fig, tight_layout=True)

@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.max_boxes = 4               # eval batches' 'bbox' rows per example; more boxes is an error
     d.box_key = 'bbox'            # tfds feature with ground-truth boxes, if present; '' = none
     d.boxes_file = ''             # imagefolder: box CSV name in each split dir; '' = none
+    d.reshuffle_each_epoch = True  # False: one seeded order of the train split, every epoch
     d.crop_padding = 4            # random crop after zero padding; 0 disables
     d.random_flip = True
     d.mean = (0.5, 0.5, 0.5)      # per-channel normalization of [0,1] pixels, on device

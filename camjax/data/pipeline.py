@@ -104,8 +104,10 @@ def train_dataset(source, *, cfg, global_batch: int, seed: int, slice_index: int
     # random_map seeds each element by its index here, the stream position,
     # before batching and slicing; all of it is index arithmetic, so a process
     # reads and augments only its own slice (and nothing is materialized).
-    stream = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-              .random_map(augment))
+    # reshuffle_each_epoch=False: the first epoch's seeded order in every epoch
+    # (the course notes' "without shuffling"); augmentation still varies.
+    stream = (grain.MapDataset.source(source).seed(seed).shuffle()
+              .repeat(None, reseed_each_epoch=cfg.reshuffle_each_epoch).random_map(augment))
     local_batch = global_batch // slice_count
     return stream.batch(local_batch, drop_remainder=True)[slice_index::slice_count]
 
