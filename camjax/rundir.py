@@ -47,6 +47,25 @@ def _tuples(value):
     return value
 
 
+def _with_new_fields(saved: dict) -> dict:
+    """A saved config with every field the schema gained after it was written
+    set to its default. A new field's default is always the behaviour camjax
+    had before the field existed, so a run from an older camjax still resumes,
+    refines and evaluates as what it was. (Model fields are the model's own.)"""
+    from camjax.config.schema import base_config  # schema -> errors only; no cycle
+    return _fill(saved, _tuples(config_to_dict(base_config())))
+
+
+def _fill(saved: dict, defaults: dict) -> dict:
+    out = dict(saved)
+    for key, default in defaults.items():
+        if key not in out:
+            out[key] = default
+        elif isinstance(default, dict) and isinstance(out[key], dict) and key != 'model':
+            out[key] = _fill(out[key], default)
+    return out
+
+
 # Fields an existing run accepts new values for (to train longer, log or save
 # more often, read faster, get past a corrupt image that stopped it);
 # evaluation.* only configures mode=eval / analyze.
@@ -96,10 +115,11 @@ class RunDir:
         if not self.exists(CONFIG):
             return None
         try:
-            return ml_collections.ConfigDict(_tuples(json.loads(self._path(CONFIG).read_text())))
+            saved = _tuples(json.loads(self._path(CONFIG).read_text()))
         except (OSError, ValueError) as e:
             raise CamjaxError(f'{self.file(CONFIG)} is unreadable ({type(e).__name__}: '
                               f'{e})') from None
+        return ml_collections.ConfigDict(_with_new_fields(saved))
 
     def trained_config(self) -> ml_collections.ConfigDict:
         """The config of the trained run here; CamjaxError if it is not one."""

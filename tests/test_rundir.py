@@ -1,5 +1,8 @@
-"""The run directory owner: config.json refusals naming every field, and
-metrics.jsonl rewinding (torn last lines included) for exact resumes."""
+"""The run directory owner: config.json refusals naming every field, runs
+from an older camjax, and metrics.jsonl rewinding (torn last lines included)
+for exact resumes."""
+
+import json
 
 import pytest
 from conftest import small_config
@@ -19,6 +22,23 @@ def test_a_different_config_is_refused_naming_every_field(tmp_path):
     assert 'seed: 0 -> 3' in str(info.value)
     assert open(before).read() == text
     rundir.create(small_config())  # the same config: accepted, nothing changes
+
+
+def test_a_run_from_before_a_new_field_resumes_with_its_default(tmp_path):
+    # config.json written before train.mixup_alpha and dataset.reshuffle_each_epoch
+    # existed: the run resumes, and reads back with their defaults (its behaviour).
+    rundir = RunDir(tmp_path / 'run')
+    rundir.create(small_config())
+    path = rundir.file('config.json')
+    old = json.load(open(path))
+    del old['train']['mixup_alpha'], old['dataset']['reshuffle_each_epoch']
+    json.dump(old, open(path, 'w'))
+    saved = rundir.saved_config()
+    assert saved.train.mixup_alpha == 0.0 and saved.dataset.reshuffle_each_epoch is True
+    rundir.create(small_config())  # the same run: accepted, no config_change
+    assert not rundir.exists('metrics.jsonl')
+    with pytest.raises(CamjaxError, match=r'train.mixup_alpha: 0.0 -> 1.0'):
+        rundir.create(small_config(**{'train.mixup_alpha': 1.0}))
 
 
 def test_rewind_drops_replayed_and_torn_records(tmp_path):
