@@ -71,7 +71,8 @@ def _fill(saved: dict, defaults: dict) -> dict:
 # evaluation.* only configures mode=eval / analyze.
 SAFE_TO_CHANGE = ('train.num_steps', 'train.num_epochs', 'train.log_every',
                   'train.eval_every', 'train.checkpoint_every', 'train.keep_checkpoints',
-                  'dataset.num_threads', 'dataset.prefetch', 'dataset.on_bad_image',
+                  'dataset.num_threads', 'dataset.prefetch', 'dataset.num_workers',
+                  'dataset.on_bad_image',
                   'evaluation.')
 
 

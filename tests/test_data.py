@@ -90,6 +90,24 @@ def test_without_reshuffling_every_epoch_repeats_the_first_order(splits):
     assert not np.array_equal(again[n:], labels[:n])
 
 
+def test_worker_processes_give_the_same_stream_and_state(splits):
+    threads = _train_batches(splits)
+    want = [np.asarray(next(threads)['image']) for _ in range(5)]
+    cfg = small_config().dataset
+    cfg.num_workers = 2
+    workers = _train_batches(splits, cfg=cfg)
+    try:
+        got = [np.asarray(next(workers)['image']) for _ in range(3)]
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=False))
+        assert workers.get_state() == {'next_index': 3}
+        threads.set_state(workers.get_state())  # either way: the same position
+        assert np.array_equal(np.asarray(next(threads)['image']), want[3])
+        workers.set_state({'next_index': 1})
+        assert np.array_equal(np.asarray(next(workers)['image']), want[1])
+    finally:
+        workers.close()
+
+
 def test_iterator_state_restores_the_exact_stream(splits):
     batches = _train_batches(splits)
     for _ in range(3):

@@ -199,3 +199,22 @@ def test_selection_by_loss_keeps_the_lowest_validation_loss(tmp_path):
     assert len(set(losses)) == len(losses) == 4
     assert best['step'] == evals[int(np.argmin(losses))]['step']
     assert best['val_score'] == min(losses)
+
+
+def test_worker_processes_train_and_resume_as_threads_do(tmp_path):
+    import multiprocessing
+    config = small_config(**{'train.num_steps': 6, 'train.checkpoint_every': 2,
+                             'train.eval_every': 6})
+    splits = open_splits(config.dataset)
+    threads, _ = train_and_evaluate(config, str(tmp_path / 'threads'), splits)
+    workers = small_config(**{'train.num_steps': 6, 'train.checkpoint_every': 2,
+                              'train.eval_every': 6, 'dataset.num_workers': 2})
+    train_and_evaluate(workers, str(tmp_path / 'mixed'), splits, stop_after_steps=3)
+    assert not multiprocessing.active_children()  # the workers were stopped
+    resumed, _ = train_and_evaluate(config, str(tmp_path / 'mixed'), splits)  # threads again
+    assert _tree_equal(resumed.params, threads.params)
+    mixed = comparable_records(tmp_path / 'mixed')
+    assert [r for r in mixed if r['kind'] == 'config_change'] == [
+        {'kind': 'config_change', 'changes': {'dataset.num_workers': [2, 0]}}]
+    assert [r for r in mixed if r['kind'] != 'config_change'] == comparable_records(
+        tmp_path / 'threads')

@@ -18,7 +18,7 @@ from camjax.errors import ConfigError
 from camjax.rundir import RunDir
 
 EVAL_MAY_SET = ('mode', 'evaluation', 'train.eval_batch_size', 'train.per_device_eval_batch_size',
-                'dataset.num_threads',
+                'dataset.num_threads', 'dataset.num_workers',
                 'dataset.prefetch', 'dataset.data_dir', 'dataset.on_bad_image')
 MODEL_AND_INPUT = ('model', 'dataset.name', 'dataset.image_size', 'dataset.mean',
                    'dataset.std', 'dataset.label_key', 'dataset.data_dir',

@@ -58,7 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.mean = (0.5, 0.5, 0.5)      # per-channel normalization of [0,1] pixels, on device
     d.std = (0.25, 0.25, 0.25)
     d.num_threads = 2             # grain reader threads per process
-    d.prefetch = 4                # batches prefetched per process
+    d.prefetch = 4                # batches prefetched per process (per worker with num_workers)
+    d.num_workers = 0             # > 0: grain worker processes read and augment the training
+    #                               batches, for hosts whose step outruns the reader threads
     d.on_bad_image = 'error'      # an undecodable image: 'error' names the file; 'skip'
     #                               replaces it deterministically and counts it
     d.synthetic = ml_collections.ConfigDict(dict(num_train=5000, num_test=1000, seed=0))
@@ -386,7 +388,7 @@ def validate(config, *, num_devices: int) -> None:
     for field in ('num_train', 'num_test'):
         _require(d.synthetic[field] > 0,
                  f'dataset.synthetic.{field} must be > 0, got {d.synthetic[field]}')
-    for field in ('num_threads', 'prefetch'):
+    for field in ('num_threads', 'prefetch', 'num_workers'):
         _require(d[field] >= 0, f'dataset.{field} must be >= 0, got {d[field]}')
     for path, value in (('seed', config.seed), ('dataset.split_seed', d.split_seed),
                         ('dataset.label_noise_seed', d.label_noise_seed),

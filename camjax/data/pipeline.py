@@ -34,6 +34,7 @@ import math
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from camjax.data.boxes import padded_boxes
 from camjax.data.sources import ProcessShard
@@ -140,25 +141,53 @@ class TrainBatches(_GlobalBatches):
     (seed, g) alone, the same for any process count. Shuffled with a new
     order every epoch; augmentation randomness is a function of (seed,
     position). `get_state()` -- a small dict saved with each checkpoint, the
-    number of global batches taken -- restores the stream exactly.
-    `bad_images`: how many images of this process's slices of the batches
-    yielded since this iterator was created or restored were undecodable and
-    replaced.
+    number of global batches taken -- restores the stream exactly, whatever
+    the reader threads or worker processes before and after.
+    `cfg.num_workers` > 0 reads and augments in that many grain worker
+    processes (`mp_prefetch`), each with `cfg.num_threads` reader threads;
+    the batches are the same. `bad_images`: how many images of this process's
+    slices of the batches yielded since this iterator was created or restored
+    were undecodable and replaced. `close()` stops the worker processes.
     """
 
     def __init__(self, source, *, cfg, global_batch: int, seed: int, sharding):
         source = source.full if isinstance(source, ProcessShard) else source
         index, count = process_slice(sharding, global_batch)
-        dataset = train_dataset(source, cfg=cfg, global_batch=global_batch, seed=seed,
-                                slice_index=index, slice_count=count)
-        super().__init__(iter(dataset.to_iter_dataset(_read_options(cfg))), sharding)
+        self._dataset = train_dataset(source, cfg=cfg, global_batch=global_batch, seed=seed,
+                                      slice_index=index, slice_count=count)
+        self._cfg, self._taken = cfg, 0
+        super().__init__(self._open(0), sharding)
+
+    def _open(self, start: int):
+        """An iterator over the stream from global batch `start` on."""
+        stream = self._dataset[start:].to_iter_dataset(_read_options(self._cfg))
+        if self._cfg.num_workers:
+            # grain reads an absl flag in mp_prefetch; outside `app.run` (the
+            # library API) none has been parsed, and the defaults are right.
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
+            stream = stream.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self._cfg.num_workers, per_worker_buffer_size=self._cfg.prefetch))
+        return iter(stream)
+
+    def __next__(self) -> dict:
+        batch = super().__next__()
+        self._taken += 1
+        return batch
 
     def get_state(self) -> dict:
-        return self._iterator.get_state()
+        return {'next_index': self._taken}
 
     def set_state(self, state: dict) -> None:
-        self._iterator.set_state(state)
+        self.close()
+        self._taken = int(state['next_index'])
+        self._iterator = self._open(self._taken)
         self.bad_images = 0
+
+    def close(self) -> None:
+        close = getattr(self._iterator, 'close', None)
+        if close is not None:
+            close()
 
 
 class EvalBatches(_GlobalBatches):

@@ -329,9 +329,10 @@ class RunParts:
             raise Stopped(stop, loop.step)
 
     def close(self) -> None:
-        """Finish and close the checkpoint saves, even after an error; let go
-        of the workdir's lock."""
+        """Finish and close the checkpoint saves, even after an error; stop
+        the data workers; let go of the workdir's lock."""
         try:
+            self.batches.close()
             self.ckpt.wait()
             self.ckpt.close()
         finally:
