@@ -36,8 +36,7 @@ threads, no device transfer). --threads-sweep 1,4 adds the pipeline at
 other reader-thread counts, its rounds interleaved with the default's
 (threads help only as far as the work releases Python's GIL).
 --workers-sweep 2,4 adds the same stream produced by grain worker processes
-(`mp_prefetch`, one reader thread each; `WorkerBatches`), which camjax's
-pipeline does not offer yet: what such an option would give.
+(`dataset.num_workers`, one reader thread each).
 
 Data: --data DIR (a tiny-imagenet-200 folder), or by default
 ../shared/data/tiny-imagenet-200.tar.gz unpacked once into --cache
@@ -50,15 +49,14 @@ and exits 0.
 """
 
 import argparse
+import copy
 import math
 import os
 import sys
 import time
 
-import grain
 import jax
 import numpy as np
-from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cli_step  # noqa: E402
@@ -68,7 +66,7 @@ from camjax import parallel  # noqa: E402
 from camjax.config.schema import base_config  # noqa: E402
 from camjax.data import TrainBatches, open_splits  # noqa: E402
 from camjax.data.folders import decode_image  # noqa: E402
-from camjax.data.pipeline import process_slice, train_dataset  # noqa: E402
+from camjax.data.pipeline import train_dataset  # noqa: E402
 from camjax.data.transforms import random_crop_flip, to_rgb  # noqa: E402
 
 # --model: (registry name, model fields) of the step
@@ -93,42 +91,11 @@ def step_rounds(run, *, rounds: int, min_round_s: float, batch: int) -> dict:
             'rounds': rounds, 'per_round': n}
 
 
-class WorkerBatches:
-    """Global batches of the same stream as TrainBatches (`train_dataset`,
-    this process's slice), produced by `workers` grain worker processes
-    (`mp_prefetch`, each reading with one thread) instead of reader threads:
-    what a worker-process option in camjax.data.pipeline would give. Not
-    camjax's pipeline yet; timed beside it with --workers-sweep."""
-
-    QUEUED = 2  # batches each worker process queues for the main process
-
-    def __init__(self, source, *, cfg, global_batch: int, seed: int, sharding, workers: int):
-        index, count = process_slice(sharding, global_batch)
-        dataset = train_dataset(source.full if hasattr(source, 'full') else source, cfg=cfg,
-                                global_batch=global_batch, seed=seed, slice_index=index,
-                                slice_count=count)
-        # Buffers as small as TrainBatches': each worker reads ahead
-        # dataset.prefetch batches (grain's default would be 500) and queues 2.
-        read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=cfg.prefetch)
-        options = grain.MultiprocessingOptions(num_workers=workers,
-                                               per_worker_buffer_size=self.QUEUED)
-        self._iterator = iter(dataset.to_iter_dataset(read).mp_prefetch(options))
-        self._sharding = sharding
-
-    def __next__(self) -> dict:
-        batch = next(self._iterator)
-        batch.pop('bad_image')
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(self._sharding, x), batch)
-
-    def close(self):
-        self._iterator.close()
-
-
 def pipeline_rates(splits, cfg, *, variants: list[tuple[str, int]], batch: int, sharding,
                    args) -> dict:
     """{(kind, n): images/s} of global batches onto the devices: ('threads',
-    n) is TrainBatches with n reader threads, ('workers', n) WorkerBatches.
+    n) is TrainBatches with n reader threads, ('workers', n) TrainBatches with
+    dataset.num_workers = n worker processes of one reader thread each.
     One pipeline per variant, their rounds interleaved (a shared machine's
     load then falls on all alike). Before each round the pipeline's buffers
     are drained, so that the round measures what it produces, not what it
@@ -136,13 +103,10 @@ def pipeline_rates(splits, cfg, *, variants: list[tuple[str, int]], batch: int, 
     and counts them."""
     pipelines = {}
     for kind, n in variants:
-        if kind == 'threads':
-            cfg.num_threads = n
-            pipelines[kind, n] = TrainBatches(splits.train, cfg=cfg, global_batch=batch,
-                                              seed=0, sharding=sharding)
-        else:
-            pipelines[kind, n] = WorkerBatches(splits.train, cfg=cfg, global_batch=batch,
-                                               seed=0, sharding=sharding, workers=n)
+        variant = copy.deepcopy(cfg)
+        variant.num_threads, variant.num_workers = (n, 0) if kind == 'threads' else (1, n)
+        pipelines[kind, n] = TrainBatches(splits.train, cfg=variant, global_batch=batch,
+                                          seed=0, sharding=sharding)
         next(pipelines[kind, n])  # threads or processes started
     rates = {v: [] for v in pipelines}
     counts = {v: [] for v in pipelines}
@@ -151,8 +115,7 @@ def pipeline_rates(splits, cfg, *, variants: list[tuple[str, int]], batch: int, 
             # What it can hold: the prefetch buffer and the batches in the
             # readers' hands, or per worker process its read-ahead, queue and
             # interleave slot.
-            held = (cfg.prefetch + n if kind == 'threads'
-                    else n * (cfg.prefetch + 2 * WorkerBatches.QUEUED + 1))
+            held = cfg.prefetch + n if kind == 'threads' else n * (3 * cfg.prefetch + 1)
             for _ in range(held + 2):
                 next(batches)
             t0, taken = time.perf_counter(), 0
@@ -163,8 +126,7 @@ def pipeline_rates(splits, cfg, *, variants: list[tuple[str, int]], batch: int, 
             rates[kind, n].append(taken * batch / (time.perf_counter() - t0))
             counts[kind, n].append(taken)
     for batches in pipelines.values():
-        if hasattr(batches, 'close'):
-            batches.close()
+        batches.close()
     return {v: {'median': float(np.median(r)), 'min': min(r), 'max': max(r),
                 'rounds': args.rounds, 'per_round': f'{min(counts[v])}-{max(counts[v])}'}
             for v, r in rates.items()}
@@ -299,18 +261,15 @@ def main(argv=None):
                                    and int(t) != cfg.num_threads]
     variants = [('threads', n) for n in threads]
     variants += [('workers', int(w)) for w in args.workers_sweep.split(',') if w]
-    if any(kind == 'workers' for kind, _ in variants):
-        flags.FLAGS.mark_as_parsed()  # grain's worker processes read its absl flags
     pipe = pipeline_rates(splits, cfg, variants=variants, batch=args.batch, sharding=sharding,
                           args=args)
-    cfg.num_threads = threads[0]
     labels = {}
     for kind, n in variants:
         if kind == 'threads':
             labels[kind, n] = (f'{n} reader thread(s)'
                                f'{" (the default)" if n == default.num_threads else ""}')
         else:
-            labels[kind, n] = f'{n} worker process(es) (grain mp_prefetch; not camjax\'s yet)'
+            labels[kind, n] = f'{n} worker process(es) (dataset.num_workers)'
     print(f'\npipeline, prefetch {cfg.prefetch}, batch {args.batch}:')
     width = max(len(label) for label in labels.values())
     for v in variants:
