@@ -51,7 +51,7 @@ def random_crop_flip(image: np.ndarray, rng: np.random.Generator, *, padding: in
 
 
 def pixels01(images):
-    """uint8 images -> float32 pixels in [0, 1]."""
+    """uint8 images (or float pixel values in [0, 255]) -> float32 pixels in [0, 1]."""
     return images.astype(jnp.float32) / 255.0
 
 

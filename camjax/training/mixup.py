@@ -23,7 +23,9 @@ STREAM = 0x6D6978  # 'mix': keeps mixup's keys apart from other uses of the seed
 
 def mix(images, labels, *, alpha: float, seed: int, step):
     """(B, ...) float images and their labels -> (mixed images, the partner
-    labels y_j, lam as a (B,) vector) for training step `step` (0-based)."""
+    labels y_j, lam as a (B,) vector) for training step `step` (0-based).
+    The train step mixes raw pixel values: normalization is affine, so that
+    equals mixing the normalized images."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), STREAM), step)
     lam_key, perm_key = jax.random.split(key)
     lam = jax.random.beta(lam_key, alpha, alpha)

@@ -53,7 +53,8 @@ def train_step_fn(model, objective, tx, *, mean, std, pos_rate=None, grad_accum_
     the reported accuracy is then lam-weighted over the two labels."""
 
     def loss_fn(params, batch_stats, batch):
-        images, labels = batch['image'], batch['label']
+        images = normalize_images(batch['image'], mean=mean, std=std)
+        labels = batch['label']
         weights = jnp.ones(images.shape[0], jnp.float32)
         logits, features, batch_stats = forward(model, params, batch_stats, images, train=True)
         mix = (batch['mix_label'], batch['mix_lam']) if 'mix_lam' in batch else None
@@ -68,10 +69,10 @@ def train_step_fn(model, objective, tx, *, mean, std, pos_rate=None, grad_accum_
                                     **{f'loss/{name}': value for name, value in terms.items()}})
 
     def train_step(state: TrainState, batch: dict):
-        batch = {**batch, 'image': normalize_images(batch['image'], mean=mean, std=std)}
-        if mixup_alpha > 0:
-            images, partner_labels, lam = mixup.mix(batch['image'], batch['label'],
-                                                    alpha=mixup_alpha, seed=seed, step=state.step)
+        if mixup_alpha > 0:  # mixed as float pixels; the normalization is affine
+            images, partner_labels, lam = mixup.mix(batch['image'].astype(jnp.float32),
+                                                    batch['label'], alpha=mixup_alpha,
+                                                    seed=seed, step=state.step)
             batch = {**batch, 'image': images, 'mix_label': partner_labels, 'mix_lam': lam}
         (_, (batch_stats, step_metrics)), grads = accumulate.value_and_grad(
             loss_fn, state.params, state.batch_stats, batch, steps=grad_accum_steps)
