@@ -12,6 +12,7 @@ import pytest
 from conftest import small_config
 from PIL import Image
 
+from camjax.analysis.field_sweep import swept_field
 from camjax.analysis.weights import (
     accuracy_vs_sparsity_png,
     class_weight_images_png,
@@ -110,13 +111,35 @@ def test_class_weight_images_of_a_linear_model(tmp_path):
     png = class_weight_images_png(np.random.default_rng(0).normal(size=(192, 12)),
                                   image_size=8, class_names=[str(k) for k in range(12)])
     assert _png_size(png)[0] > 0
-    # analyze shows them for a softmax-regression run, and only for it.
-    config = small_config(**{'model': dict(name='linear'), 'train.num_steps': 4})
-    train_and_evaluate(config, str(tmp_path / 'linear'), open_splits(config.dataset))
-    analysis = small_config(**{'mode': 'analyze', 'evaluation.runs': (str(tmp_path / 'linear'),),
+    # analyze shows them for softmax-regression runs; three runs that differ
+    # only in weight decay are a sweep: accuracy and ||W||^2 against it.
+    lambdas = {'wd0': 0.0, 'wd1e-2': 1e-2, 'wd1': 1.0}
+    for name, wd in lambdas.items():
+        config = small_config(**{'model': dict(name='linear'), 'train.num_steps': 4,
+                                 'optimizer.weight_decay': wd})
+        train_and_evaluate(config, str(tmp_path / name), open_splits(config.dataset))
+    analysis = small_config(**{'mode': 'analyze',
+                               'evaluation.runs': tuple(str(tmp_path / n) for n in lambdas),
                                'evaluation.fgsm_eps': (), 'evaluation.landscape_batches': 0,
                                'evaluation.cam_grid_images': 0})
-    analyze(analysis, str(tmp_path / 'report'))
+    summary = analyze(analysis, str(tmp_path / 'report'))
     html = (tmp_path / 'report' / 'report.html').read_text()
     assert "weights W[:, k] as an image" in html
     assert any('as_an_image' in f for f in os.listdir(tmp_path / 'report' / 'figures'))
+    sweep = summary['sweep']
+    assert sweep['field'] == 'optimizer.weight_decay'
+    assert [r['value'] for r in sweep['runs']] == list(lambdas.values())
+    norms = [r['w_norm_sq'] for r in sweep['runs']]
+    assert norms[0] > norms[1] > norms[2] > 0  # a stronger L2 penalty, a smaller W
+    assert all(0 <= r['val_accuracy'] <= 1 for r in sweep['runs'])
+    assert 'accuracy and ||W||^2 against optimizer.weight_decay' in html
+
+
+def test_swept_field_needs_runs_that_differ_in_one_number():
+    base = small_config()
+    runs = {'base': base, 'a': small_config(**{'optimizer.weight_decay': 0.0}),
+            'b': small_config(**{'optimizer.weight_decay': 1e-2}),
+            'c': small_config(**{'optimizer.weight_decay': 1e-2, 'seed': 1}),  # two fields
+            'd': small_config(**{'dataset.random_flip': False})}  # a bool is no sweep
+    assert swept_field(runs) == ('optimizer.weight_decay', ['base', 'a', 'b'])
+    assert swept_field({k: runs[k] for k in ('base', 'a', 'c', 'd')}) is None  # too few

@@ -16,7 +16,7 @@ import numpy as np
 from etils import epath
 
 from camjax import parallel
-from camjax.analysis import cam_grid, per_class
+from camjax.analysis import cam_grid, field_sweep, per_class
 from camjax.analysis import weights as weight_analysis
 from camjax.analysis.curves import curves_png
 from camjax.analysis.report import Report
@@ -231,6 +231,18 @@ def analyze(config, workdir: str, splits=None) -> dict:
     if all(p['accuracy'] is not None for p in points):
         report.figure(weight_analysis.accuracy_vs_sparsity_png(points),
                       'classification and GT-known localization accuracy against sparsity')
+    sweep = field_sweep.swept_field({n: runs[n][0] for n in names})
+    if sweep and single_label:
+        field, members = sweep
+        records = {n: read_records(w) for n, w in zip(names, e.runs, strict=True)}
+        rows = [{'name': n, 'value': field_sweep.field_value(runs[n][0], field),
+                 'val_accuracy': _selected_val_accuracy(records[n]),
+                 'test_accuracy': runs[n][2]['classification']['accuracy'],
+                 'w_norm_sq': runs[n][2]['weights']['l2'] ** 2} for n in members]
+        summary['sweep'] = {'field': field, 'runs': rows}
+        report.figure(field_sweep.sweep_png(field, rows),
+                      f'accuracy and ||W||^2 against {field} ({len(rows)} runs that differ '
+                      'in nothing else)')
     for name in names:  # softmax regression: each class's weights as an image
         run_config, run_splits = runs[name][0], runs[name][1]
         if run_config.model.name == 'linear':
@@ -281,6 +293,15 @@ def analyze(config, workdir: str, splits=None) -> dict:
             print(f'{name} vs {baseline}: {result.headline}', flush=True)
         print(f'wrote {rundir.file("report.html")}', flush=True)
     return summary
+
+
+def _selected_val_accuracy(records: list[dict]):
+    """Validation accuracy at the checkpoint the run selected (its 'best'
+    record's step), or at its last eval; None without a validation split."""
+    evals = [r for r in records if r['kind'] == 'eval' and 'val' in r]
+    best = [r['step'] for r in records if r['kind'] == 'best']
+    chosen = [r for r in evals if r['step'] == best[-1]] if best else evals[-1:]
+    return chosen[-1]['val']['accuracy'] if chosen else None
 
 
 def _json_default(value):
