@@ -236,7 +236,7 @@ def test_compare_per_class_bh_empty_class_and_singular_headline():
     r = compare_per_class(labels=labels, baseline_pred=base, treated_pred=treated,
                           num_classes=2)
     # Images: baseline 36 + 120 = 156 / 240, treated 20 + 122 = 142 / 240 -> -5.83 pp.
-    assert r.headline == 'mean -5.8, but 1 class significantly worse, worst class 60.0 -> 50.0'
+    assert r.headline == 'mean -5.8, and 1 class significantly worse, worst class 60.0 -> 50.0'
     assert r.summary['num_significantly_better'] == 0
 
 

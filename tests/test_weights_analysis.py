@@ -143,3 +143,20 @@ def test_swept_field_needs_runs_that_differ_in_one_number():
             'd': small_config(**{'dataset.random_flip': False})}  # a bool is no sweep
     assert swept_field(runs) == ('optimizer.weight_decay', ['base', 'a', 'b'])
     assert swept_field({k: runs[k] for k in ('base', 'a', 'c', 'd')}) is None  # too few
+
+
+def test_log_axes_get_plain_tick_labels():
+    # Texts are drawn literally (names come from data), so matplotlib's
+    # mathtext tick labels of a log axis would read '$\mathdefault{10^{2}}$'.
+    from matplotlib.figure import Figure
+
+    from camjax.analysis.figures import figure_png
+    figure = Figure()
+    ax = figure.subplots()
+    ax.plot([1e-3, 1e-1, 10], [1, 100, 1e4])
+    ax.set_xscale('log')
+    ax.set_yscale('symlog', linthresh=1.0)
+    figure_png(figure)
+    labels = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    assert '0.01' in labels and '100' in labels
+    assert not any('$' in label or 'mathdefault' in label for label in labels)

@@ -11,8 +11,16 @@ def figure_png(figure, *, path=None, tight_layout=False, **savefig_kwargs) -> by
     `savefig_kwargs` go to `Figure.savefig`.
 
     Every text is drawn literally: class and run names come from data, and a
-    name such as `$x_` would otherwise be parsed as mathtext and fail."""
+    name such as `$x_` would otherwise be parsed as mathtext and fail. So log
+    axes get plain tick labels ('0.01', '1000'), not matplotlib's mathtext
+    ones, which would show as '$\\mathdefault{10^{-2}}$'."""
     from matplotlib.text import Text
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    for ax in figure.axes:
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale in ('log', 'symlog'):
+                axis.set_major_formatter(FuncFormatter(lambda value, _: f'{value:g}'))
+                axis.set_minor_formatter(NullFormatter())
     for text in figure.findobj(Text):
         text.set_parse_math(False)
     if tight_layout:  # measures the texts, so only after the line above
