@@ -24,7 +24,7 @@ from camjax.config.variants import choose, smoke
 
 LAMBDAS = {'l2_0': 0.0, 'l2_1e-3': 1e-3, 'l2_1e-2': 1e-2, 'l2_1e-1': 1e-1, 'l2_1': 1.0}
 OPTIONS = {'l2': tuple(LAMBDAS), 'order': ('reshuffle', 'fixed')}
-SMOKE = ('l2_1e-2,smoke', 'l2_0,fixed,smoke')
+SMOKE = ('l2_1e-2,fixed,smoke',)
 EPOCHS, PATIENCE = 20.0, 6
 STEPS_PER_EPOCH = 45_000 // 128
 

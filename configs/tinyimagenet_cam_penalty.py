@@ -31,7 +31,7 @@ PENALTY = {'none': (),
            'sign_split': (dict(name='classifier_penalty', weight=1e-3, form='sign_split',
                                lam_pos=0.0, lam_neg=1.0, split_norm='l1'),)}
 OPTIONS = {'penalty': tuple(PENALTY)}
-SMOKE = ('l1,smoke', 'sign_split,smoke')
+SMOKE = ('sign_split,smoke',)
 
 
 def get_config(arg=None):
