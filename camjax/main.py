@@ -151,6 +151,11 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
         config, ignored = saved_config.eval_config(workdir, config, explicit=explicit)
         config.evaluation = evaluation
         _note_ignored(ignored, f'{workdir}/config.json')
+    if config.mode in ('refine', 'sweep') and config.train.init_from:
+        # The model and input come from the refined run, so the config file's
+        # own (say, a dataset path that does not exist here) are not checked.
+        config, ignored = saved_config.refine_config(config, explicit=explicit)
+        _note_ignored(ignored, f'{config.train.init_from}/config.json')
     # Per-device sizes become global ones only now, after jax.distributed.
     config_schema.resolve_device_sizes(config, num_devices=jax.device_count(),
                                        explicit=explicit)
@@ -165,9 +170,6 @@ def run(config, workdir: str, *, explicit: dict | None = None) -> None:
         from camjax.data.check import check_dataset
         problems = check_dataset(config.dataset)
         sys.exit(1 if problems else 0)
-    if config.mode in ('refine', 'sweep'):
-        config, ignored = saved_config.refine_config(config, explicit=explicit)
-        _note_ignored(ignored, f'{config.train.init_from}/config.json')
     splits = None
     if config.mode != 'analyze':  # analyze opens each compared run's own data
         splits = open_splits(config.dataset, process_index=jax.process_index(),

@@ -92,3 +92,37 @@ def test_bfloat16_falls_back_to_fast_conv():
     y = conv.apply(variables, x)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.float32(y), np.float32(ref.apply(variables, x)), atol=2e-2)
+
+
+def test_inside_shard_map_as_the_loss_landscape_calls_it():
+    # The landscape evaluates models inside shard_map; there the FFI result
+    # must vary over the mesh axes as lax's conv does, and the gradient of a
+    # replicated kernel is summed over the batch shards (it was a TypeError).
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+    mesh = jax.make_mesh((1,), ('data',))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 3, 5)), jnp.float32)
+    pads = ((1, 1), (1, 1))
+
+    def loss(conv, x, k):
+        return jnp.sum(jnp.tanh(conv(x, k, (1, 1), pads)))
+
+    def lax_conv(x, k, strides, pads):
+        return jax.lax.conv_general_dilated(x, k, strides, pads,
+                                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+    def local(conv):
+        def f(x, k):
+            value, (dx, dk) = jax.value_and_grad(functools.partial(loss, conv),
+                                                 argnums=(0, 1))(x, k)
+            return jax.lax.psum(value, 'data'), dx, dk
+        return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=(P('data'), P()),
+                                     out_specs=(P(), P('data'), P())))
+
+    x = jax.device_put(x, NamedSharding(mesh, P('data')))
+    k = jax.device_put(k, NamedSharding(mesh, P()))
+    got, want = local(oc.conv)(x, k), local(lax_conv)(x, k)
+    for a, b in zip(got, want, strict=True):
+        close(a, b)

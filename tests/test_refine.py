@@ -15,7 +15,7 @@ from conftest import StopAt, comparable_records, run_cli, small_config
 from camjax.analysis.sweep import sweet_point
 from camjax.checkpoint import saved_steps
 from camjax.data import open_splits
-from camjax.rundir import read_records
+from camjax.rundir import RunDir, read_records
 from camjax.training import refine as refine_module
 from camjax.training.interrupt import Stopped
 from camjax.training.refine import refine, sweep
@@ -210,3 +210,9 @@ def test_refine_takes_the_model_from_init_from_and_checks_it_before_writing(base
     with pytest.raises(CamjaxError, match='has shape .* the model needs'):
         run(config, str(workdir))
     assert not workdir.exists()
+    # The config file's own input fields are not the refined run's: a dataset
+    # path that does not exist here does not stop the refinement of a run.
+    config = refine_config(base_dir, **{'refine.rounds': 1})
+    config.dataset.name = 'imagefolder:/nonexistent/cifar10'
+    run(config, str(workdir))
+    assert RunDir(str(workdir)).saved_config().dataset.name == 'synthetic'

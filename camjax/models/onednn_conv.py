@@ -161,9 +161,25 @@ def _attrs(strides, pads):
 
 
 def _call(kind, out_shape, a, b, strides, pads):
-    return jax.ffi.ffi_call(_PREFIX + _TARGETS[kind],
-                            jax.ShapeDtypeStruct(out_shape, jnp.float32),
-                            vmap_method='sequential')(a, b, **_attrs(strides, pads))
+    # Inside shard_map the result varies over the mesh axes its inputs vary
+    # over, as lax's conv (the other branch of platform_dependent) says;
+    # otherwise the two branches' types differ and tracing fails.
+    varying = _varying(a) | _varying(b)
+    out = jax.ffi.ffi_call(_PREFIX + _TARGETS[kind], jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                           vmap_method='sequential')(a, b, **_attrs(strides, pads))
+    return lax.pcast(out, tuple(sorted(varying)), to='varying') if varying else out
+
+
+def _varying(x) -> frozenset:
+    """The shard_map mesh axes `x` varies over (none outside shard_map)."""
+    return jax.typeof(x).manual_axis_type.varying
+
+
+def _cotangent_for(ct, primal):
+    """`ct` summed over the mesh axes it varies over and `primal` does not:
+    the gradient of a replicated input, as shard_map's autodiff makes it."""
+    extra = _varying(ct) - _varying(primal)
+    return lax.psum(ct, tuple(sorted(extra))) if extra else ct
 
 
 def _out_shape(x_shape, k_shape, strides, pads):
@@ -172,14 +188,11 @@ def _out_shape(x_shape, k_shape, strides, pads):
                           jax.ShapeDtypeStruct(k_shape, jnp.float32)).shape
 
 
-def _lax_dx(g, k, x_shape, strides, pads):
-    x = jax.ShapeDtypeStruct(x_shape, g.dtype)
-    return jax.linear_transpose(lambda x_: _conv(x_, k, strides, pads), x)(g)[0]
-
-
-def _lax_dk(x, g, k_shape, strides, pads):
-    k = jax.ShapeDtypeStruct(k_shape, x.dtype)
-    return jax.linear_transpose(lambda k_: _conv(x, k_, strides, pads), k)(g)[0]
+def _lax_grads(x, k, g, strides, pads):
+    """(dx, dk) of lax's conv at the residuals (x, k): off the CPU. A vjp at
+    the real arrays, so that inside shard_map the cotangent's varying axes
+    match the output's."""
+    return jax.vjp(lambda x_, k_: _conv(x_, k_, strides, pads), x, k)[1](g)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -200,13 +213,11 @@ def _fwd(x, k, strides, pads):
 
 def _bwd(strides, pads, res, g):
     x, k = res
-    dx = lax.platform_dependent(
-        g, k, cpu=lambda g, k: _call('bwd_data', x.shape, g, k, strides, pads),
-        default=lambda g, k: _lax_dx(g, k, x.shape, strides, pads))
-    dk = lax.platform_dependent(
-        x, g, cpu=lambda x, g: _call('bwd_weights', k.shape, x, g, strides, pads),
-        default=lambda x, g: _lax_dk(x, g, k.shape, strides, pads))
-    return dx, dk
+    return lax.platform_dependent(
+        x, k, g, cpu=lambda x, k, g: (
+            _cotangent_for(_call('bwd_data', x.shape, g, k, strides, pads), x),
+            _cotangent_for(_call('bwd_weights', k.shape, x, g, strides, pads), k)),
+        default=lambda x, k, g: _lax_grads(x, k, g, strides, pads))
 
 
 onednn_conv.defvjp(_fwd, _bwd)
