@@ -9,6 +9,7 @@ in the data; 2 a problem the user can fix (one line on stderr, before
 anything is written); 3 the run went non-finite and stopped.
 """
 
+import contextlib
 import os
 import re
 import shlex
@@ -245,7 +246,10 @@ def main(argv):
     from camjax.training.nonfinite import NonFiniteError
     try:
         config, workdir, explicit = command_line_config()
-        with StopSignals(before_jax=True):  # from here on a signal stops training, saving
+        # Training, refine and sweep loops turn a signal into a save and a stop;
+        # eval, analyze and check have nothing to save, so a signal ends them.
+        loops = config.mode in ('train', 'refine', 'sweep')
+        with StopSignals(before_jax=True) if loops else contextlib.nullcontext():
             run(config, workdir, explicit=explicit)
     except Stopped as e:
         print(f'camjax: {e}, after saving a checkpoint; resume with: {resume_command()}',

@@ -69,3 +69,31 @@ def test_fgsm_at_zero_is_clean_accuracy_and_attacks_hurt(evaluated):
     fgsm = results['fgsm']
     assert fgsm['0'] == pytest.approx(results['classification']['accuracy'])
     assert fgsm['0.1'] < fgsm['0.02'] < fgsm['0']
+
+
+def test_a_signal_ends_an_analysis_at_once(default_run, tmp_path):
+    # Only the training loops turn SIGTERM into "save, then stop"; an analysis
+    # has nothing to save, and used to swallow the signal and run to the end.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    workdir, _, _ = default_run
+    out = tmp_path / 'analysis'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'camjax.main', '--config=configs/default.py',
+         '--config.mode=analyze', f"--config.evaluation.runs=('{workdir}',)",
+         '--config.evaluation.landscape_steps=81', f'--workdir={out}'],  # minutes of landscape
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (out / 'cache').exists() and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)  # the run is evaluated and cached; the landscape follows
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        proc.kill()
+    assert not (out / 'report.html').exists()
