@@ -57,7 +57,8 @@ def test_the_command_line_reports_a_stop_in_one_line(name, status, monkeypatch, 
     def stopped_run(*args, **kwargs):
         raise interrupt.Stopped(name, 12)
 
-    monkeypatch.setattr(main, 'command_line_config', lambda: (None, 'w', {}))
+    from camjax.config.schema import base_config  # mode 'train': a loop takes signals
+    monkeypatch.setattr(main, 'command_line_config', lambda: (base_config(), 'w', {}))
     monkeypatch.setattr(main, 'run', stopped_run)
     monkeypatch.setattr(sys, 'argv', ['main.py', '--config=configs/default.py'])
     with pytest.raises(SystemExit) as info:
