@@ -20,7 +20,7 @@ from camjax.config.presets import cifar10_folder
 from camjax.config.schema import base_config
 from camjax.config.variants import choose, smoke
 
-EPOCHS = 10.0
+EPOCHS = 5.0
 WEIGHT_DECAY = {'wd_0': 0.0, 'wd_5e-4': 5e-4, 'wd_5e-3': 5e-3}
 OPTIONS = {'weight_decay': tuple(WEIGHT_DECAY), 'augmentation': ('nocrop', 'crop')}
 SMOKE = ('wd_5e-3,crop,smoke',)

@@ -24,7 +24,7 @@ data/tiny-imagenet-200 (or set dataset.name); its val set is the test split.
 from camjax.config.schema import base_config
 from camjax.config.variants import choose, smoke
 
-EPOCHS = 8.0
+EPOCHS = 3.0
 PENALTY = {'none': (),
            'l1': (dict(name='classifier_penalty', weight=1e-3, form='l1'),),
            'l2': (dict(name='classifier_penalty', weight=1e-2, form='l2'),),
