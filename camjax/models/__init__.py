@@ -18,7 +18,7 @@ from camjax.models.resnet import IMAGENET_STAGES, CifarResNet, ImageNetResNet
 from camjax.models.vgg import CifarVGG, VGGGap
 
 __all__ = ['CLASSIFIER', 'CONV_IMPLS', 'MODELS', 'build_model', 'cam_head', 'init_variables',
-           'model_fields']
+           'model_fields', 'run_init_once']
 
 
 def _imagenet_resnet(depth):
@@ -67,6 +67,13 @@ def init_variables(model, rng, sample_input) -> dict:
     optimization there (1.4 s). It stays deterministic; values differ from an
     optimized compile by float rounding (< 1e-7) only.
     """
-    init = jax.jit(functools.partial(model.init, train=False))
+    return run_init_once(functools.partial(model.init, train=False), rng, sample_input)
+
+
+def run_init_once(init_fn, *args, out_shardings=None):
+    """`jax.jit(init_fn, out_shardings=...)(*args)` for a function that runs
+    once per process (initialization), compiled without backend optimization
+    on XLA:CPU (see `init_variables`)."""
+    init = jax.jit(init_fn, out_shardings=out_shardings)
     options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
-    return init.lower(rng, sample_input).compile(compiler_options=options)(rng, sample_input)
+    return init.lower(*args).compile(compiler_options=options)(*args)

@@ -1,5 +1,6 @@
 """Optax optimizers and learning-rate schedules chosen by `config.optimizer`."""
 
+import jax
 import optax
 
 
@@ -29,9 +30,9 @@ def make_schedule(cfg, *, total_steps: int, steps_per_epoch: int,
                                                       if b > 0})
     else:
         main = optax.constant_schedule(lr)
-    if not warmup:
-        return main
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    if warmup:
+        main = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    return jax.jit(main)  # one program for the loop's lr log line, not one per jnp op
 
 
 def make_optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:

@@ -15,7 +15,7 @@ import numpy as np
 
 from camjax.checkpoint import restore_model_variables, saved_variable_shapes
 from camjax.errors import CamjaxError
-from camjax.models import CLASSIFIER, build_model, init_variables
+from camjax.models import CLASSIFIER, build_model, run_init_once
 
 
 @flax.struct.dataclass
@@ -43,12 +43,15 @@ def init_state(model, init_opt_state, *, seed: int, image_size: int, mesh) -> Tr
     """Fresh state, replicated on the mesh. Identical on every process (same
     seed). `init_opt_state(params)` makes the optimizer state (e.g. `tx.init`)."""
     from camjax import parallel
-    variables = init_variables(model, jax.random.key(seed), _dummy_images(image_size))
-    params = variables['params']
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       batch_stats=variables.get('batch_stats', {}),
-                       opt_state=init_opt_state(params))
-    return jax.device_put(state, parallel.replicated(mesh))
+
+    def fresh(rng, images):  # one program: a start-up of many small ones is slower
+        variables = model.init(rng, images, train=False)
+        params = variables['params']
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables.get('batch_stats', {}),
+                          opt_state=init_opt_state(params))
+    return run_init_once(fresh, jax.random.key(seed), _dummy_images(image_size),
+                         out_shardings=parallel.replicated(mesh))
 
 
 def variable_shapes(model, image_size: int) -> dict:
