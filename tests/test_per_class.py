@@ -239,6 +239,13 @@ def test_compare_per_class_bh_empty_class_and_singular_headline():
     assert r.headline == 'mean -5.8, and 1 class significantly worse, worst class 60.0 -> 50.0'
     assert r.summary['num_significantly_better'] == 0
 
+    # The mean rises and no class is significantly worse: nothing to contrast.
+    labels, base, treated = _paired_predictions([(20, 2, 14, 4), (30, 0, 0, 10)], 2)
+    r = compare_per_class(labels=labels, baseline_pred=base, treated_pred=treated,
+                          num_classes=2)
+    # Images: baseline 22 + 30 = 52 / 80, treated 34 + 30 = 64 / 80 -> +15.0 pp.
+    assert r.headline == 'mean +15.0, and 0 classes significantly worse, worst class 55.0 -> 75.0'
+
 
 def test_compare_per_class_rejects_bad_input():
     ok = np.array([0, 1, 1])

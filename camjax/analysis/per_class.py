@@ -255,7 +255,7 @@ def _int_vector(x, name: str) -> np.ndarray:
 def _headline(*, delta: float, num_worse: int, worst_baseline: float,
               worst_treated: float) -> str:
     classes = 'class' if num_worse == 1 else 'classes'
-    but = 'but' if delta > 0 else 'and'  # a rising mean hiding worse classes
+    but = 'but' if delta > 0 and num_worse else 'and'  # a rising mean hiding worse classes
     return (f'mean {100 * delta:+.1f}, {but} {num_worse} {classes} significantly worse, '
             f'worst class {100 * worst_baseline:.1f} -> {100 * worst_treated:.1f}')
 
@@ -294,7 +294,8 @@ def compare_per_class(*, labels, baseline_pred, treated_pred, num_classes: int,
         mcnemar_b, mcnemar_c, mcnemar_p: exact McNemar test over all images;
         headline: 'mean +X.X, but N classes significantly worse, worst class
           A -> B' in percent points with one decimal ('1 class' when N = 1;
-          'and' instead of 'but' when the mean did not rise).
+          'and' instead of 'but' when the mean did not rise or no class is
+          significantly worse).
     """
     labels = _int_vector(labels, 'labels')
     baseline_pred = _int_vector(baseline_pred, 'baseline_pred')
