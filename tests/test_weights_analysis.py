@@ -160,3 +160,25 @@ def test_log_axes_get_plain_tick_labels():
     labels = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
     assert '0.01' in labels and '100' in labels
     assert not any('$' in label or 'mathdefault' in label for label in labels)
+
+
+def test_log_axis_within_one_decade_labels_its_minor_ticks():
+    # ||W||^2 from 4.7 to 8.0 holds no power of 10: without minor labels the
+    # axis would show no number at all.
+    from matplotlib.figure import Figure
+
+    from camjax.analysis.figures import figure_png
+    figure = Figure()
+    wide, narrow = figure.subplots(1, 2)
+    wide.plot([0, 1, 2], [12.0, 1.37, 0.17])
+    narrow.plot([0, 1, 2], [8.0, 7.2, 4.7])
+    for ax in (wide, narrow):
+        ax.set_yscale('log')
+    figure_png(figure)
+
+    def shown(ax, minor):
+        low, high = ax.get_ylim()
+        return [t.get_text() for t in ax.yaxis.get_ticklabels(minor=minor)
+                if t.get_text() and low <= t.get_position()[1] <= high]
+    assert shown(narrow, minor=False) == [] and shown(narrow, minor=True) == ['5', '6', '7', '8']
+    assert shown(wide, minor=False) == ['1', '10'] and shown(wide, minor=True) == []
