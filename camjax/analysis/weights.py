@@ -198,8 +198,12 @@ def accuracy_vs_sparsity_png(points: Sequence[Mapping], *, path=None,
             continue
         ax.scatter(100 * sparsity[has], 100 * values[has], marker=marker, color=colour,
                    s=40, label=label, zorder=3)
-        for name, x, y in zip(np.array(names)[has], sparsity[has], values[has], strict=True):
-            ax.annotate(name, (100 * x, 100 * y), xytext=(4, 4), textcoords='offset points',
+        # Labels alternate above and below the points in order of sparsity,
+        # so two runs with nearly the same sparsity do not print over each other.
+        order = np.argsort(sparsity[has], kind='stable')
+        for rank, i in enumerate(order):
+            ax.annotate(np.array(names)[has][i], (100 * sparsity[has][i], 100 * values[has][i]),
+                        xytext=(4, 4 if rank % 2 == 0 else -11), textcoords='offset points',
                         fontsize=8, color=colour)
     ax.set_xlabel('classifier weight sparsity (%)')
     ax.set_ylabel('accuracy (%)')
