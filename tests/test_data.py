@@ -132,6 +132,26 @@ def test_eval_batches_cover_every_example_once(splits):
     np.testing.assert_array_equal(labels[:120], _labels_of(splits.test))
 
 
+def test_eval_batches_of_chosen_indices(splits):
+    # The loss landscape reads a seeded sample of the split, not its first
+    # examples (an image folder lists them class by class).
+    from camjax.analysis.analyze import landscape_indices
+    cfg = small_config().dataset
+    class_sorted = np.sort(_labels_of(splits.test))
+    chosen = landscape_indices(len(class_sorted), 30, seed=0)
+    assert len(set(chosen)) == 30 and np.all(np.diff(chosen) > 0)
+    assert len(np.unique(class_sorted[chosen])) > len(np.unique(class_sorted[:30]))
+    assert len(landscape_indices(10, 30, seed=0)) == 10
+    batches = list(eval_batches(splits.test, cfg=cfg, global_batch=16, global_size=30,
+                                indices=chosen,
+                                sharding=parallel.batch_sharded(parallel.make_mesh())))
+    assert len(batches) == 2
+    masks = np.concatenate([np.asarray(b['mask']) for b in batches])
+    labels = np.concatenate([np.asarray(b['label']) for b in batches])
+    assert masks.sum() == 30 and not masks[30:].any()
+    np.testing.assert_array_equal(labels[:30], _labels_of(splits.test)[chosen])
+
+
 def test_per_process_shards_are_disjoint_and_complete(splits):
     cfg = small_config().dataset
     shards = [open_splits(cfg, process_index=i, process_count=2) for i in range(2)]

@@ -153,9 +153,17 @@ def _cam_panels(runs, count: int, seed: int, theta: float) -> dict:
     return panels
 
 
+def landscape_indices(size: int, count: int, seed: int) -> np.ndarray:
+    """A seeded uniform sample of `count` of a split's `size` examples, in
+    reading order. Not the split's first examples: image folders list their
+    files class by class, so those would all be of one class."""
+    return np.sort(np.random.default_rng(seed).permutation(size)[:min(count, size)])
+
+
 def _landscapes(runs, config, mesh) -> dict | None:
     """Loss grids of the runs sharing the baseline's architecture, on shared
-    directions, over the first `evaluation.landscape_batches` test batches."""
+    directions, over `evaluation.landscape_batches` batches of test examples
+    sampled with the analysis' seed (the same images for every run)."""
     e = config.evaluation
     names = list(runs)
     base_shapes = jax.tree.map(np.shape, runs[names[0]][2]['_model'][1].params)
@@ -165,14 +173,13 @@ def _landscapes(runs, config, mesh) -> dict | None:
     for name in names:
         cfg, splits, res = runs[name]
         model, state = res['_model']
-        batches = []
-        for batch in eval_batches(getattr(splits, e.split), cfg=cfg.dataset,
-                                  global_batch=cfg.train.eval_batch_size,
-                                  global_size=splits.sizes[e.split],
-                                  sharding=parallel.batch_sharded(mesh)):
-            batches.append(batch)
-            if len(batches) == e.landscape_batches:
-                break
+        source, global_batch = getattr(splits, e.split), cfg.train.eval_batch_size
+        global_size = min(e.landscape_batches * global_batch, splits.sizes[e.split])
+        indices = landscape_indices(len(source), -(-global_size // jax.process_count()),
+                                    config.seed)
+        batches = list(eval_batches(source, cfg=cfg.dataset, global_batch=global_batch,
+                                    global_size=global_size, indices=indices,
+                                    sharding=parallel.batch_sharded(mesh)))
         loss_fns[name] = landscape.make_dataset_loss_fn(
             model, state.batch_stats, batches, tuple(cfg.dataset.mean), tuple(cfg.dataset.std),
             mesh=mesh)

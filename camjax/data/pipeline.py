@@ -191,17 +191,19 @@ class TrainBatches(_GlobalBatches):
 
 
 class EvalBatches(_GlobalBatches):
-    """Every example of `source` exactly once, in order, as global batches with a
+    """Every example of `source` (or its `indices`, in that order) exactly once,
+    in order, as global batches with a
     'mask' that is 0 on padding and on replaced undecodable images, which so
     count in no metric. All processes yield the same number of batches, as a
     collective step over the mesh requires. `bad_images`: how many replaced
     images the batches yielded so far held."""
 
-    def __init__(self, source, *, cfg, global_batch: int, global_size: int, sharding):
+    def __init__(self, source, *, cfg, global_batch: int, global_size: int, sharding,
+                 indices=None):
         process_count = jax.process_count()
         local_batch = global_batch // process_count
         num_batches = math.ceil(math.ceil(global_size / process_count) / local_batch)
-        size = len(source)
+        size = len(source) if indices is None else len(indices)
         pad = {'image': np.zeros((cfg.image_size, cfg.image_size, 3), np.uint8),
                'label': np.zeros_like(_label(source[0]['label'])) if size else np.int32(0),
                'mask': np.float32(0), 'bad_image': np.uint8(0)}
@@ -213,10 +215,10 @@ class EvalBatches(_GlobalBatches):
         if has_boxes:
             pad['bbox'] = np.full((cfg.max_boxes, 4), -1, np.int32)
 
-        def load(index):
-            if index >= size:
+        def load(position):
+            if position >= size:
                 return pad
-            example = source[index]
+            example = source[position if indices is None else int(indices[position])]
             bad = _bad_image(example)
             out = {'image': to_rgb(example['image'], cfg.image_size),
                    'label': _label(example['label']), 'mask': np.float32(1 - bad),
