@@ -126,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
     e.positive_weights_only = False  # CAMs from max(W, 0): negative weights clamped
     e.sparsity_eps = 1e-3         # |w| below this counts as zero
     e.cam_grid_images = 6         # test images in the CAM grid; 0 disables
-    e.landscape_batches = 1       # test batches for the loss landscape; 0 disables
+    e.landscape_batches = 1       # loss landscape: batches of seeded-sampled images; 0 disables
     e.landscape_steps = 11        # grid points per direction
     e.landscape_span = 1.0        # grid covers [-span, span] along each direction
     return c

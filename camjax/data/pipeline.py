@@ -191,12 +191,12 @@ class TrainBatches(_GlobalBatches):
 
 
 class EvalBatches(_GlobalBatches):
-    """Every example of `source` (or its `indices`, in that order) exactly once,
-    in order, as global batches with a
-    'mask' that is 0 on padding and on replaced undecodable images, which so
-    count in no metric. All processes yield the same number of batches, as a
-    collective step over the mesh requires. `bad_images`: how many replaced
-    images the batches yielded so far held."""
+    """Every example of `source` exactly once, in order (with `indices`: those
+    examples, in that order), as global batches with a 'mask' that is 0 on
+    padding and on replaced undecodable images, which so count in no metric.
+    All processes yield the same number of batches, as a collective step over
+    the mesh requires. `bad_images`: how many replaced images the batches
+    yielded so far held."""
 
     def __init__(self, source, *, cfg, global_batch: int, global_size: int, sharding,
                  indices=None):
