@@ -214,65 +214,63 @@ def weighted_sigmoid_ce(*, logits, labels, pos_rate):
 # Linear Regularization (LinR): "Linear Regularization: An easy approach to
 # refine your model" ("LinR paper"). P1 = f(a x + b y) is the prediction on the
 # mixed input, P2 = a f(x) + b f(y) the mix of the predictions; LinR pulls P1
-# towards P2. The callers (camjax.training.refine) build P1 and P2; these functions
-# only measure their distance.
+# towards P2. The callers (camjax.training.refine) build P1 and P2, as
+# log-probabilities; these functions only measure their distance.
 # =============================================================================
 LINR_DISTANCES = ('kl', 'mse')
 LINR_DIRECTIONS = ('p1_p2', 'p2_p1')
-LOG_FLOOR = 1e-12  # log(max(p, floor)): probabilities that underflow to 0 stay finite
+LINR_REDUCTIONS = ('sum', 'mean')
+LOG_FLOOR = 1e-12  # log(max(p, floor)) where probabilities are clipped before their log
 
 
-def _xlogy_ratio(p, q):
-    """Elementwise p (log p - log q) with 0 log 0 = 0, in log space with a floor."""
-    log_ratio = jnp.log(jnp.maximum(p, LOG_FLOOR)) - jnp.log(jnp.maximum(q, LOG_FLOOR))
-    return jnp.where(p > 0, p * log_ratio, 0.0)
-
-
-def linr_divergence_per_example(*, p1, p2, dis: str = 'kl', direction: str = 'p1_p2',
-                                mask=None, multilabel: bool = False):
-    """LinR paper, Eq. 7: Dis(P1, P2) per example. Returns (B,).
+def linr_divergence(*, log_p1, log_p2, dis: str = 'kl', direction: str = 'p1_p2',
+                    reduction: str = 'sum', where=None):
+    """LinR paper, Eq. 7 (Eq. 9 with `where`): Dis(P1, P2) per example.
 
     Args:
-      p1, p2: (B, K) probabilities: softmax outputs (single-label) or
-        per-attribute sigmoid outputs (multi-label).
-      dis: 'kl' (Eq. 7) or 'mse' (sum of squared differences, Table 6).
-      direction: 'p1_p2' is the paper's literal D_KL(P1 || P2); 'p2_p1' is
-        D_KL(P2 || P1), which treats P2 as a soft pseudo-label for P1.
-      mask: (B, K) bool or None. Only True entries enter the sum (LinRC,
-        Eq. 9, with `linr_confidence_mask`).
-      multilabel: the Bernoulli KL summed over attributes,
-        p log(p/q) + (1-p) log((1-p)/(1-q)), instead of the categorical KL.
-    The sum is the literal one over (masked) entries of the distribution, with
-    no renormalization: for LinRNM (Eq. 10) P2 = a f(x) sums to a, and
-    D_KL(f(ax) || a f(x)) = D_KL(f(ax) || f(x)) - log a, a constant offset with
-    no gradient, so the loss pulls f(ax) towards f(x).
+      log_p1, log_p2: log-probabilities, (B, K) of a distribution over K
+        classes, or (B, K, 2) holding [log p, log(1 - p)] of K Bernoulli
+        attributes (multi-label data: the Bernoulli KL per attribute).
+      dis: 'kl' (Eq. 7) or 'mse' (Table 6: squared differences of the
+        probabilities, of p alone for attributes).
+      direction: 'p1_p2' is D_KL(P1 || P2) = sum P1 (log P1 - log P2);
+        'p2_p1' is D_KL(P2 || P1), P2 as a soft pseudo-label for P1, which is
+        what PyTorch's `kl_div(log P1, P2)` computes.
+      reduction: over the K classes (attributes). Eq. 7 leaves it to the
+        definition of KL, a 'sum'; 'mean' divides by K, as PyTorch's
+        `kl_div(..., reduction='mean')` (its default) does over the
+        B x K elements, relative to the per-example sum.
+      where: (B, K) bool or None; only True entries enter (LinRC, Eq. 9,
+        with `linr_confidence_mask`). 'mean' still divides by K.
+    Returns:
+      (B,). The entries are the literal ones, with no renormalization: for
+      LinRNM (Eq. 10) P2 = a f(x) sums to a, and D_KL(f(ax) || a f(x)) =
+      D_KL(f(ax) || f(x)) - log a, a constant offset with no gradient.
+      Dis(P, P) = 0, and the KL forms are >= 0 for distributions.
     """
     if dis not in LINR_DISTANCES:
         raise ValueError(f'dis must be one of {LINR_DISTANCES}, got {dis!r}')
     if direction not in LINR_DIRECTIONS:
         raise ValueError(f'direction must be one of {LINR_DIRECTIONS}, got {direction!r}')
+    if reduction not in LINR_REDUCTIONS:
+        raise ValueError(f'reduction must be one of {LINR_REDUCTIONS}, got {reduction!r}')
+    bernoulli = log_p1.ndim == 3
     if dis == 'mse':
-        per_entry = jnp.square(p1 - p2)
+        per_entry = jnp.square(jnp.exp(log_p1) - jnp.exp(log_p2))
+        per_entry = per_entry[..., 0] if bernoulli else per_entry
     else:
-        p, q = (p1, p2) if direction == 'p1_p2' else (p2, p1)
-        per_entry = _xlogy_ratio(p, q)
-        if multilabel:
-            per_entry = per_entry + _xlogy_ratio(1.0 - p, 1.0 - q)
-    if mask is not None:
-        per_entry = jnp.where(mask, per_entry, 0.0)
-    return jnp.sum(per_entry, axis=-1)
+        log_p, log_q = (log_p1, log_p2) if direction == 'p1_p2' else (log_p2, log_p1)
+        per_entry = jnp.exp(log_p) * (log_p - log_q)  # 0 where p underflows: 0 log 0 = 0
+        per_entry = jnp.sum(per_entry, axis=-1) if bernoulli else per_entry
+    if where is not None:
+        per_entry = jnp.where(where, per_entry, 0.0)
+    total = jnp.sum(per_entry, axis=-1)
+    return total / per_entry.shape[-1] if reduction == 'mean' else total
 
 
-def linr_divergence(*, p1, p2, dis: str = 'kl', direction: str = 'p1_p2', mask=None,
-                    multilabel: bool = False):
-    """LinR paper, Eq. 7 (Eq. 9 with `mask`): Dis(P1, P2) averaged over the
-    batch. Shapes and options as `linr_divergence_per_example`; returns a
-    scalar. Dis(P, P) = 0 and the KL forms are >= 0 for distributions."""
-    return jnp.mean(linr_divergence_per_example(p1=p1, p2=p2, dis=dis, direction=direction,
-                                                mask=mask, multilabel=multilabel))
-
-
-def linr_confidence_mask(*, p2):
+def linr_confidence_mask(*, log_p2):
     """LinR paper, Eq. 9 (LinRC): (B, K) bool, True where P2 > 1/K -- the
-    classes the mixed prediction is confident about; only they are scored."""
-    return p2 > 1.0 / p2.shape[-1]
+    classes the mixed prediction is confident about; only they are scored.
+    `log_p2` as in `linr_divergence` (for attributes, P2 is p)."""
+    log_p = log_p2[..., 0] if log_p2.ndim == 3 else log_p2
+    return jnp.exp(log_p) > 1.0 / log_p.shape[-1]

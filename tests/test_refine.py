@@ -127,6 +127,54 @@ def test_refine_resumes_mid_round_at_the_same_phase(base, tmp_path, monkeypatch)
     assert comparable_records(stopped) == comparable_records(str(tmp_path / 'full'))
 
 
+def test_collapse_guard_ends_a_collapsing_linr_phase_and_moves_on(base, tmp_path):
+    """LinR at lr 0.5 drives the predictions to one class within a few steps
+    (the constant solution of f(a x + b y) = a f(x) + b f(y)). The guard ends
+    the LinR phase there with one line and a `collapse` record; the round is
+    evaluated and the next round's classification phase runs. Off, the
+    phase runs all its steps."""
+    base_dir, splits, _ = base
+    overrides = {'refine.rounds': 2, 'refine.cls_steps': 1, 'refine.linr_steps': 40,
+                 'refine.collapse_window': 4, 'refine.linr_optimizer.learning_rate': 0.5}
+    refine(refine_config(base_dir, **overrides), str(tmp_path / 'guarded'), splits)
+    records = read_records(str(tmp_path / 'guarded'))
+    collapses = [r for r in records if r['kind'] == 'collapse']
+    assert collapses and all(r['top_class_share'] >= 0.9 and r['phase'] == 'linr'
+                             for r in collapses)
+    first = collapses[0]
+    assert first['round'] == 1 and first['phase_step'] % 4 == 0 and first['phase_step'] < 40
+    assert 0 <= first['mean_prediction_entropy'] < 0.5 and first['mean_max_prob'] > 0.5
+    # After the collapse: the round's eval, then round 2 starts with classification.
+    after = records[records.index(first) + 1:]
+    assert after[0]['kind'] == 'eval' and after[0]['round'] == 1
+    assert next(r for r in after if r['kind'] == 'train')['phase'] == 'cls'
+    linr_logs = [r for r in _train_records(str(tmp_path / 'guarded')) if r['phase'] == 'linr']
+    assert all('collapse/top_class_share' in r for r in linr_logs)
+    assert linr_logs[0]['collapse/top_class_share'] < first['top_class_share']
+    state, _ = refine(refine_config(base_dir, **overrides, **{'refine.collapse_guard': False}),
+                      str(tmp_path / 'unguarded'), splits)
+    assert int(state.step) == 2 * 41
+    assert not [r for r in read_records(str(tmp_path / 'unguarded')) if r['kind'] == 'collapse']
+
+
+def test_reset_optimizer_starts_every_phase_without_momentum(base, tmp_path):
+    """One step per phase: after a reset, momentum has nothing to carry, so
+    momentum 0.9 with resets ends where momentum 0 does; kept, it does not."""
+    base_dir, splits, _ = base
+
+    def final(name, momentum, reset):
+        config = refine_config(base_dir, **{'refine.cls_steps': 1, 'refine.linr_steps': 1,
+                                            'refine.reset_optimizer': reset})
+        config.refine.cls_optimizer.momentum = config.refine.linr_optimizer.momentum = momentum
+        return _leaves(refine(config, str(tmp_path / name), splits)[0].params)
+
+    plain = final('plain', 0.0, False)
+    for a, b in zip(final('reset', 0.9, True), plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(a, b) for a, b in zip(final('kept', 0.9, False), plain,
+                                                      strict=True))
+
+
 def test_sweep_refines_every_saved_checkpoint(base, tmp_path):
     base_dir, splits, _ = base
     config = refine_config(base_dir, **{'mode': 'sweep', 'refine.variant': 'linrnl',

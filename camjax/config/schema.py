@@ -17,6 +17,10 @@ from camjax.errors import ConfigError
 MODES = ('train', 'refine', 'sweep', 'eval', 'analyze', 'check')
 LINR_VARIANTS = ('linr', 'linrc', 'linrnl', 'linrnm')
 BATCHNORM_MODES = ('running', 'batch')
+MIX_SPACES = ('probs', 'logits')
+LOG_PROBS = ('exact', 'clipped')
+MIX_PER = ('batch', 'example')
+STATS_SOURCES = ('mixed', 'clean', 'both', 'none')
 BAD_IMAGE_POLICIES = ('error', 'skip')
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step')
@@ -108,8 +112,19 @@ def base_config() -> ml_collections.ConfigDict:
     r.dis = 'kl'                  # kl (Eq. 7) | mse (Table 6)
     r.direction = 'p1_p2'         # p1_p2: D_KL(P1||P2) as in Eq. 7 | p2_p1: P2 as pseudo-label
     r.p2_gradient = False         # True removes the stop-gradient on P2 (Table 6 ablation)
-    r.p1_batchnorm = 'batch'      # BatchNorm on the mixed batch: batch statistics (and updates)
-    r.p2_batchnorm = 'running'    # BatchNorm in the P2 pass: running statistics
+    r.mix_space = 'probs'         # P2 = a f(x) + b f(y) of probabilities | 'logits': softmax of
+    #                               a z_x + b z_y (Eq. 6 does not say which f)
+    r.reduction = 'sum'           # over classes: sum (the KL) | mean (PyTorch kl_div's default)
+    r.log_probs = 'exact'         # log-softmax from logits | 'clipped': log(max(p, 1e-12))
+    r.mix_per = 'batch'           # one a per batch (as mixup's code) | 'example'
+    r.p1_batchnorm = 'batch'      # BatchNorm in the mixed (P1) pass: batch | running statistics
+    r.p2_batchnorm = 'running'    # BatchNorm in the clean (P2) pass: batch | running statistics
+    r.running_stats_from = 'mixed'  # passes that update the running statistics: mixed | clean |
+    #                                 both | none (a pass must use batch statistics to update)
+    r.reset_optimizer = False     # True: each phase starts its optimizer's state afresh
+    r.collapse_guard = True       # end a LinR phase whose predictions collapsed (collapse.py)
+    r.collapse_share = 0.9        # collapsed: top-class share of the clean batch >= this ...
+    r.collapse_window = 50        # ... on this many consecutive LinR steps
     r.cls_optimizer = optimizer_group(learning_rate=3e-4, nesterov=False, schedule='constant')
     r.linr_optimizer = optimizer_group(learning_rate=1e-2, nesterov=False, weight_decay=0.0,
                                        schedule='constant')
@@ -556,5 +571,24 @@ def _check_refine(config) -> None:
     for field in ('p1_batchnorm', 'p2_batchnorm'):
         _require(r[field] in BATCHNORM_MODES,
                  f'refine.{field}={r[field]!r} must be one of {BATCHNORM_MODES}')
+    for field, choices in (('mix_space', MIX_SPACES), ('reduction', losses.LINR_REDUCTIONS),
+                           ('log_probs', LOG_PROBS), ('mix_per', MIX_PER),
+                           ('running_stats_from', STATS_SOURCES)):
+        _require(r[field] in choices, f'refine.{field}={r[field]!r} must be one of {choices}')
+    for source, field in (('clean', 'p2_batchnorm'), ('mixed', 'p1_batchnorm')):
+        _require(r.running_stats_from not in (source, 'both') or r[field] == 'batch',
+                 f'refine.running_stats_from={r.running_stats_from!r} updates the running '
+                 f'statistics from the {source} pass, but refine.{field}={r[field]!r} gives it '
+                 "no batch statistics; set it to 'batch', or choose another source ('none')")
+    _require(not r.reset_optimizer or all(
+        o.schedule == 'constant' and o.warmup_epochs == 0
+        for o in (r.cls_optimizer, r.linr_optimizer)),
+        'refine.reset_optimizer restarts each phase\'s optimizer, its learning-rate schedule '
+        "included; it needs schedule='constant' without warmup in refine.cls_optimizer and "
+        'refine.linr_optimizer')
+    _require(0 < r.collapse_share <= 1,
+             f'refine.collapse_share must be in (0, 1], got {r.collapse_share}')
+    _require(r.collapse_window > 0,
+             f'refine.collapse_window must be > 0 steps, got {r.collapse_window}')
     _check_optimizer(r.cls_optimizer, 'refine.cls_optimizer')
     _check_optimizer(r.linr_optimizer, 'refine.linr_optimizer')

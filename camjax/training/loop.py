@@ -21,7 +21,7 @@ from camjax.config.schema import resolve_device_sizes, selection_direction
 from camjax.data import Splits, TrainBatches, eval_batches
 from camjax.evaluation.classification import evaluate, make_eval_step
 from camjax.rundir import LABEL_NOISE, RunDir
-from camjax.training import nonfinite
+from camjax.training import collapse, nonfinite
 from camjax.training.interrupt import Stopped
 from camjax.training.runlog import RunLog, Throughput, format_duration
 from camjax.training.state import load_pretrained, model_from_config
@@ -57,8 +57,10 @@ class LoopState:
     and `window_bad_images` the replaced undecodable images its batches held
     (dataset.on_bad_image='skip'): a resumed run continues the very same
     window. The refine loop also uses `round`, `phase`, `phase_step`,
-    `steps_run` and `baseline_done`. `skipped_updates` counts the non-finite
-    steps skipped so far (train.skip_nonfinite_updates).
+    `steps_run`, `baseline_done` and `collapse_streak` (the collapse guard's
+    count of collapsed LinR steps in a row, `camjax.training.collapse`).
+    `skipped_updates` counts the non-finite steps skipped so far
+    (train.skip_nonfinite_updates).
     """
     step: int = 0
     best_score: float | None = None
@@ -74,6 +76,7 @@ class LoopState:
     steps_run: dict = dataclasses.field(default_factory=dict)
     baseline_done: bool = False
     skipped_updates: int = 0
+    collapse_streak: int = 0
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -275,7 +278,8 @@ class RunParts:
         self.log.write({'kind': 'train', 'step': step, **fields, 'images_per_s': images_per_s,
                         **means})
         accuracy = f' | acc {means["accuracy"]:.3f}' if 'accuracy' in means else ''
-        skips = (f' | skipped {skipped} non-finite' if skipped else '') + (
+        skips = collapse.format_means(means) + (
+            f' | skipped {skipped} non-finite' if skipped else '') + (
             f' | {bad_images} bad images replaced' if bad_images else '')
         self.log.print(f'step {step}/{total}{tag} | loss {means["loss"]:.4f} '
                        f'({_format_terms(means)}){accuracy}{skips} | '

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import optax
 from etils import epath
 
-from camjax import losses
+from camjax import losses, parallel
 from camjax.config import preflight
 from camjax.data import normalize_images
 from camjax.rundir import RunDir, read_records
-from camjax.training import accumulate, nonfinite, optim
+from camjax.training import accumulate, collapse, nonfinite, optim
 from camjax.training.interrupt import StopSignals
 from camjax.training.loop import LoopState, Plan, RunParts, Window, due
 from camjax.training.runlog import Throughput
@@ -33,19 +33,62 @@ PHASES = ('cls', 'linr')
 # =============================================================================
 # The LinR step
 # =============================================================================
+def log_prediction(logits, *, multilabel: bool, clipped: bool):
+    """log f: (B, K) log-softmax, or (B, K, 2) [log s(z), log s(-z)] per
+    attribute; `clipped` takes log(max(p, 1e-12)) of the probabilities
+    instead (camjax before issue 22), whose gradient is 0 below the floor."""
+    z = logits.astype(jnp.float32)
+    if not clipped:
+        return (jnp.stack([jax.nn.log_sigmoid(z), jax.nn.log_sigmoid(-z)], -1) if multilabel
+                else jax.nn.log_softmax(z, axis=-1))
+    p = jax.nn.sigmoid(z) if multilabel else jax.nn.softmax(z, axis=-1)
+    return _floored_log(jnp.stack([p, 1.0 - p], -1) if multilabel else p)
+
+
+def _floored_log(p):
+    return jnp.log(jnp.maximum(p, losses.LOG_FLOOR))
+
+
+def mixed_prediction(cfg, logits, perm, a, *, multilabel: bool):
+    """log P2 (LinR paper, Eq. 6): a f(x) + b f(y) in probability space, or
+    softmax(a z_x + b z_y) when refine.mix_space='logits'; LinRNM (Eq. 10) has
+    no partner, a f(x) (or softmax(a z_x)). `a` is a scalar or (B, 1)."""
+    nm = cfg.variant == 'linrnm'
+    clipped = cfg.log_probs == 'clipped'
+    if cfg.mix_space == 'logits':
+        z = a * logits if nm else a * logits + (1.0 - a) * logits[perm]
+        return log_prediction(z, multilabel=multilabel, clipped=clipped)
+    log_p = log_prediction(logits, multilabel=multilabel, clipped=clipped)
+    if nm and multilabel:  # Bernoulli(a p): log(a p) and log(1 - a p)
+        return jnp.stack([_floored_log(a) + log_p[..., 0],
+                          jnp.log1p(-a * jnp.exp(log_p[..., 0]))], -1)
+    a = a[..., None] if multilabel and jnp.ndim(a) else a  # (B, 1, 1) against (B, K, 2)
+    if nm:
+        return _floored_log(a) + log_p
+    if clipped:
+        return _floored_log(a * jnp.exp(log_p) + (1.0 - a) * jnp.exp(log_p[perm]))
+    # log(a p_x + b p_y) without leaving log space: exact where p underflows
+    return jnp.logaddexp(_floored_log(a) + log_p, _floored_log(1.0 - a) + log_p[perm])
+
+
 def linr_loss(model, refine_cfg, *, params, p2_params, batch_stats, images, key,
               multilabel: bool):
-    """The LinR objective on one batch: (loss, (batch_stats, scored_fraction)).
+    """The LinR objective on one batch: (loss, (batch_stats, metrics)).
 
-    `images` (B,H,W,3) are normalized; one a ~ Beta(alpha, alpha) per batch,
-    b = 1 - a, and y = x[perm] for a random permutation of the batch (LinR
-    paper, Eq. 6):
-      P1 = f(a x + b y)                with `params`; BatchNorm per refine.p1_batchnorm
+    `images` (B,H,W,3) are normalized; a ~ Beta(alpha, alpha), one per batch
+    or one per example (refine.mix_per), b = 1 - a, and y = x[perm] for a
+    random permutation of the batch (LinR paper, Eq. 6):
+      P1 = f(a x + b y)                     with `params`; BN per refine.p1_batchnorm
       P2 = stop_gradient(a f(x) + b f(y))   with `p2_params`; per refine.p2_batchnorm
-    (no stop-gradient when refine.p2_gradient, the Table 6 ablation). LinRNM
-    (Eq. 10) has no partner: P1 = f(a x), P2 = a f(x). LinRC (Eq. 9) scores
-    only the classes with P2 > 1/K. `batch_stats` come back updated by the P1
-    pass when it uses batch statistics.
+    (no stop-gradient when refine.p2_gradient, the Table 6 ablation), both as
+    log-probabilities (`mixed_prediction`). LinRNM (Eq. 10) has no partner:
+    P1 = f(a x), P2 = a f(x). LinRC (Eq. 9) scores only the classes with
+    P2 > 1/K. BatchNorm's running statistics come back updated from the
+    passes refine.running_stats_from names ('both': the clean, then the mixed).
+
+    `metrics` holds 'scored_fraction' (LinRC's share of scored entries) and,
+    for single-label data, the collapse measures of the clean predictions
+    (`camjax.training.collapse`).
 
     The P2 passes of x and y are one forward pass of x alone: y is the same
     batch permuted, and an example's output depends only on itself (running
@@ -54,28 +97,37 @@ def linr_loss(model, refine_cfg, *, params, p2_params, batch_stats, images, key,
     forwarding 2B images.
     """
     cfg = refine_cfg
-    predict = jax.nn.sigmoid if multilabel else jax.nn.softmax
-    no_mixing = cfg.variant == 'linrnm'
     key_a, key_perm = jax.random.split(key)
-    a = jax.random.beta(key_a, cfg.alpha, cfg.alpha)
-    perm = jax.random.permutation(key_perm, images.shape[0])
-    mixed = a * images if no_mixing else a * images + (1.0 - a) * images[perm]
+    batch = images.shape[0]
+    a = jax.random.beta(key_a, cfg.alpha, cfg.alpha,
+                        shape=(batch, 1) if cfg.mix_per == 'example' else ())
+    perm = jax.random.permutation(key_perm, batch)
+    a_image = a[:, :, None, None] if cfg.mix_per == 'example' else a
+    mixed = a_image * images if cfg.variant == 'linrnm' else (
+        a_image * images + (1.0 - a_image) * images[perm])
 
-    logits, _, _ = forward(model, p2_params, batch_stats, images,
-                           train=cfg.p2_batchnorm == 'batch')
-    p = predict(logits.astype(jnp.float32))
-    p2 = a * p if no_mixing else a * p + (1.0 - a) * p[perm]
+    stats_from = cfg.running_stats_from
+    logits, _, clean_stats = forward(model, p2_params, batch_stats, images,
+                                     train=cfg.p2_batchnorm == 'batch')
+    log_p2 = mixed_prediction(cfg, logits, perm, a, multilabel=multilabel)
     if not cfg.p2_gradient:
-        p2 = jax.lax.stop_gradient(p2)
+        log_p2 = jax.lax.stop_gradient(log_p2)
+    metrics = {} if multilabel else collapse.measures(logits=jax.lax.stop_gradient(logits))
 
-    logits, _, batch_stats = forward(model, params, batch_stats, mixed,
-                                     train=cfg.p1_batchnorm == 'batch')
-    p1 = predict(logits.astype(jnp.float32))
-    mask = losses.linr_confidence_mask(p2=p2) if cfg.variant == 'linrc' else None
-    loss = losses.linr_divergence(p1=p1, p2=p2, dis=cfg.dis, direction=cfg.direction,
-                                  mask=mask, multilabel=multilabel)
-    scored = jnp.mean(mask.astype(jnp.float32)) if mask is not None else jnp.float32(1)
-    return loss, (batch_stats, scored)
+    start = clean_stats if stats_from in ('clean', 'both') else batch_stats
+    mixed_logits, _, mixed_stats = forward(model, params, start, mixed,
+                                           train=cfg.p1_batchnorm == 'batch')
+    log_p1 = log_prediction(mixed_logits, multilabel=multilabel,
+                            clipped=cfg.log_probs == 'clipped')
+    where = losses.linr_confidence_mask(log_p2=log_p2) if cfg.variant == 'linrc' else None
+    loss = jnp.mean(losses.linr_divergence(log_p1=log_p1, log_p2=log_p2, dis=cfg.dis,
+                                           direction=cfg.direction, reduction=cfg.reduction,
+                                           where=where))
+    metrics['scored_fraction'] = (jnp.float32(1) if where is None
+                                  else jnp.mean(where.astype(jnp.float32)))
+    new_stats = {'mixed': mixed_stats, 'both': mixed_stats, 'clean': clean_stats,
+                 'none': batch_stats}[stats_from]
+    return loss, (new_stats, metrics)
 
 
 def make_linr_step(model, tx, refine_cfg, *, seed: int, mean, std, mesh, multilabel: bool,
@@ -93,13 +145,12 @@ def make_linr_step(model, tx, refine_cfg, *, seed: int, mean, std, mesh, multila
 
         def loss_fn(params, batch_stats, micro):
             # Each microbatch its own draw: the index rides along in the batch.
-            loss, (batch_stats, scored) = linr_loss(
+            loss, (batch_stats, metrics) = linr_loss(
                 model, refine_cfg, params=params, p2_params=params, batch_stats=batch_stats,
                 images=normalize_images(micro['image'], mean=mean, std=std),
                 key=jax.random.fold_in(key, micro['micro'][0]) if grad_accum_steps > 1 else key,
                 multilabel=multilabel)
-            return loss, (batch_stats, {'loss': loss, 'loss/linr': loss,
-                                        'scored_fraction': scored})
+            return loss, (batch_stats, {'loss': loss, 'loss/linr': loss, **metrics})
 
         micro_index = jnp.arange(batch['image'].shape[0], dtype=jnp.int32) % grad_accum_steps
         (_, (batch_stats, step_metrics)), grads = accumulate.value_and_grad(
@@ -178,16 +229,31 @@ def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None,
             parts.log.print(f'refinement is already complete after round {loop.round}')
         log_every, save_every = config.train.log_every, config.train.checkpoint_every
         speed, window, steps_this_run = Throughput(loop.step), Window(loop), 0
+        guard = r.collapse_guard and not splits.multilabel
+        streak = jnp.asarray(loop.collapse_streak, jnp.int32)  # collapsed LinR steps in a row
+        fresh_opt_state = {ph: jax.jit(tx.init, out_shardings=parallel.replicated(parts.mesh))
+                           for ph, tx in txs.items()}
         with StopSignals() as stops:
             while loop.round < r.rounds and not loop.stopped_early:
                 phase = loop.phase
+                if loop.phase_step == 0:
+                    streak = jnp.zeros((), jnp.int32)
+                    if r.reset_optimizer:
+                        state = state.replace(opt_state={
+                            **state.opt_state, phase: fresh_opt_state[phase](state.params)})
                 state, step_metrics = steps[phase](state, parts.next_batch(window))
                 loop.step += 1
                 loop.phase_step += 1
                 loop.steps_run[phase] += 1
                 steps_this_run += 1
                 window.add(step_metrics)
-                phase_done = loop.phase_step == phase_steps[phase]
+                collapsed = None
+                if guard and phase == 'linr':
+                    streak = collapse.extend_streak(streak, step_metrics, r.collapse_share)
+                    if (due(loop.phase_step, r.collapse_window)
+                            and int(streak) >= r.collapse_window):
+                        collapsed = collapse.describe(step_metrics)
+                phase_done = loop.phase_step == phase_steps[phase] or collapsed is not None
                 log = log_every and (due(loop.phase_step, log_every) or phase_done)
                 stop = stops.requested(loop.step)
                 save = phase_done or due(loop.step, save_every)
@@ -198,6 +264,8 @@ def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None,
                                      tag=f' | round {loop.round + 1} {phase}',
                                      round=loop.round + 1, phase=phase,
                                      lr=float(schedules[phase](loop.steps_run[phase] - 1)))
+                if collapsed is not None:
+                    _report_collapse(parts, loop, r, collapsed)
                 if phase_done:  # on to the next phase; after the last, evaluate the round
                     loop.phase_step = 0
                     index = phases.index(phase)
@@ -208,6 +276,8 @@ def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None,
                         record = parts.evaluate_and_select(loop, state, splits=eval_splits,
                                                            round=loop.round)
                 finished = loop.round >= r.rounds or loop.stopped_early
+                if save or stop:
+                    loop.collapse_streak = int(streak)
                 parts.end_step(state, loop, window, stop=None if finished else stop,
                                save=save)
                 if stop_after_steps is not None and steps_this_run >= stop_after_steps:
@@ -215,6 +285,20 @@ def refine(config, workdir: str, splits, *, stop_after_steps: int | None = None,
         return state, parts.report_best(state, loop) or record
     finally:
         parts.close()
+
+
+def _report_collapse(parts, loop, refine_cfg, measures: dict) -> None:
+    """One line and a `collapse` record: the LinR phase ends here."""
+    parts.log.write({'kind': 'collapse', 'step': loop.step, 'round': loop.round + 1,
+                     'phase': loop.phase, 'phase_step': loop.phase_step,
+                     'threshold': refine_cfg.collapse_share, 'window': refine_cfg.collapse_window,
+                     **measures})
+    parts.log.print(
+        f'collapse: round {loop.round + 1} LinR phase ended at step {loop.step} (phase step '
+        f'{loop.phase_step}): top-class share >= {refine_cfg.collapse_share} on '
+        f'{refine_cfg.collapse_window} steps in a row (now {measures["top_class_share"]:.3f}; '
+        f'batch-mean entropy {measures["mean_prediction_entropy"]:.3f} nats, mean max-prob '
+        f'{measures["mean_max_prob"]:.3f})')
 
 
 # =============================================================================
