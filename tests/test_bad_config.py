@@ -137,6 +137,10 @@ CASES = {
     'analyze a missing run': ([SMOKE, '--config.mode=analyze',
                                "--config.evaluation.runs=('{tmp}/absent',)"],
                               "'{tmp}/absent' is not a camjax run (no config.json)"),
+    'analyze groups of the wrong length': (
+        [SMOKE, '--config.mode=analyze', "--config.evaluation.runs=('{tmp}/a','{tmp}/b')",
+         "--config.evaluation.groups=('ce',)"],
+        'evaluation.groups has 1 labels for 2 runs'),
 }
 
 

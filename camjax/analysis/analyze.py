@@ -2,8 +2,10 @@
 first is the baseline) on the same test images and write what the
 regularizers did into this workdir: `analysis.json` and a self-contained
 `report.html` with the per-class effects (paired exact McNemar tests, Holm
-correction), classifier-weight histograms and sparsity, CAM grids, the loss
-landscape on shared directions, train / validation curves and the configs.
+correction), seed groups (`evaluation.groups`: per-group mean and standard
+deviation, paired t-tests over seeds; seeds.py), classifier-weight
+histograms and sparsity, CAM grids, the loss landscape on shared directions,
+train / validation curves and the configs.
 """
 
 import hashlib
@@ -16,7 +18,7 @@ import numpy as np
 from etils import epath
 
 from camjax import parallel
-from camjax.analysis import cam_grid, field_sweep, per_class
+from camjax.analysis import cam_grid, field_sweep, per_class, seeds
 from camjax.analysis import weights as weight_analysis
 from camjax.analysis.curves import curves_png
 from camjax.analysis.report import Report
@@ -193,37 +195,64 @@ def analyze(config, workdir: str, splits=None) -> dict:
     report.html into `workdir`. Returns the analysis summary."""
     e = config.evaluation
     mesh = parallel.make_mesh()
+    names = _names(e.runs)
+    # Checked before anything is evaluated or written: a bad group is refused.
+    members = (seeds.group_runs(names, {n: run_config(w) for n, w in zip(names, e.runs,
+                                                                            strict=True)},
+                                e.groups) if e.groups else None)
     runs = _evaluate_runs(config, workdir, mesh)
-    names = list(runs)
     baseline = names[0]
     report = Report(f'camjax analysis: {", ".join(names)}')
     summary = {'runs': {n: {k: v for k, v in runs[n][2].items() if not k.startswith('_')}
                         for n in names}, 'per_class': {}}
 
+    configs = {n: runs[n][0] for n in names}
+    # Each run against the baseline; with seed groups, against the baseline
+    # group's run of its own seed.
+    paired_with = (seeds.seed_matched_baseline(members, configs) if members
+                   else {n: baseline for n in names[1:]})
     comparisons = {}
     single_label = 'classification' in runs[baseline][2]
     if single_label:
         labels = runs[baseline][2]['_outputs']['label'].astype(np.int64)
         predictions = {n: metrics_lib.predicted_class(runs[n][2]['_outputs']['logits'])
                        for n in names}
-        for name in names[1:]:
+        for name, control in paired_with.items():
             comparisons[name] = per_class.compare_per_class(
-                labels=labels, baseline_pred=predictions[baseline], treated_pred=predictions[name],
+                labels=labels, baseline_pred=predictions[control], treated_pred=predictions[name],
                 num_classes=runs[baseline][1].num_classes,
                 class_names=runs[baseline][1].class_names)
-            summary['per_class'][name] = comparisons[name].to_dict()
+            summary['per_class'][name] = {'baseline': control, **comparisons[name].to_dict()}
 
     report.heading('Summary')
     for name in names:
         report.paragraph(f'{name}: {summary_line(runs[name][2])}')
     for name, result in comparisons.items():
-        report.paragraph(f'{name} vs {baseline}: {result.headline}', strong=True)
-    report.table(_summary_rows(runs))
+        report.paragraph(f'{name} vs {paired_with[name]}: {result.headline}', strong=True)
+    rows = _summary_rows(runs)
+    report.table(rows)
+
+    if members:
+        summary['groups'] = seeds.summarize(
+            members, {row['run']: {k: v for k, v in row.items() if k != 'run'} for row in rows},
+            configs)
+        group_rows, paired_rows = seeds.report_rows(summary['groups'])
+        report.heading('Seed groups')
+        report.paragraph('Each group is one recipe over several seeds: mean ± standard '
+                         'deviation (ddof=1) over its runs. Paired two-sided t-tests against '
+                         f'the group {summary["groups"]["baseline"]!r} over the seeds both hold.')
+        report.table(group_rows)
+        report.table(paired_rows)
+        unpaired = [n for g in list(members)[1:] for n in members[g] if n not in paired_with]
+        if unpaired:
+            report.paragraph(f'no baseline-group run has the seed of {", ".join(unpaired)}: '
+                             'no per-class comparison for them')
 
     for name, result in comparisons.items():
-        report.heading(f'Per-class effects: {name} vs {baseline}')
+        control = paired_with[name]
+        report.heading(f'Per-class effects: {name} vs {control}')
         report.paragraph(result.headline, strong=True)
-        report.figure(per_class.plot_per_class_deltas(result, title=f'{name} - {baseline}'),
+        report.figure(per_class.plot_per_class_deltas(result, title=f'{name} - {control}'),
                       'per-class accuracy change (percent points); * significant after Holm')
         report.table(per_class.per_class_table_rows(result))
 
@@ -251,10 +280,10 @@ def analyze(config, workdir: str, splits=None) -> dict:
                       f'accuracy and ||W||^2 against {field} ({len(rows)} runs that differ '
                       'in nothing else)')
     for name in names:  # softmax regression: each class's weights as an image
-        run_config, run_splits = runs[name][0], runs[name][1]
-        if run_config.model.name == 'linear':
+        cfg, run_splits = runs[name][0], runs[name][1]
+        if cfg.model.name == 'linear':
             report.figure(weight_analysis.class_weight_images_png(
-                kernels[name], image_size=run_config.dataset.image_size,
+                kernels[name], image_size=cfg.dataset.image_size,
                 class_names=run_splits.class_names),
                 f'{name}: each class\'s weights W[:, k] as an image, min-max scaled per class')
 
@@ -297,7 +326,13 @@ def analyze(config, workdir: str, splits=None) -> dict:
         rundir.write_bytes(f'figures/{i:02d}-{safe_filename(caption, max_length=48)}.png', png)
     if jax.process_index() == 0:
         for name, result in comparisons.items():
-            print(f'{name} vs {baseline}: {result.headline}', flush=True)
+            print(f'{name} vs {paired_with[name]}: {result.headline}', flush=True)
+        for group, g in summary.get('groups', {}).get('paired', {}).items():
+            test = g['tests'].get('accuracy')
+            if test and test['p'] is not None:
+                print(f'{group} - {summary["groups"]["baseline"]}: accuracy '
+                      f'{test["mean_difference"]:+.4f} over {test["n"]} seeds (paired t-test '
+                      f'p={test["p"]:.3g})', flush=True)
         print(f'wrote {rundir.file("report.html")}', flush=True)
     return summary
 

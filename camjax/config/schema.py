@@ -133,6 +133,8 @@ def base_config() -> ml_collections.ConfigDict:
     # `runs` (the first is the baseline) and writes report.html to the workdir.
     c.evaluation = e = ml_collections.ConfigDict()
     e.runs = ('',)                # analyze: workdirs of trained runs, baseline first
+    e.groups = ()                 # analyze: one group label per run (seeds of one recipe);
+    #                               () compares every run with the first (analysis/seeds.py)
     e.checkpoint = 'best'         # best (by validation) | latest
     e.split = 'test'
     e.fgsm_eps = (0.05, 0.1, 0.2, 0.3)  # on [0,1] pixels; () disables (HNC paper, Sec. 4.4)
@@ -527,6 +529,10 @@ def _check_evaluation(config) -> None:
         _require(e.runs and all(e.runs),
                  'mode=analyze needs evaluation.runs: the workdirs of trained runs, baseline '
                  "first, e.g. --config.evaluation.runs=\"('runs/a','runs/b')\"")
+        _require(not e.groups or (len(e.groups) == len(e.runs) and all(e.groups)),
+                 f'evaluation.groups has {len(e.groups)} labels for {len(e.runs)} runs; give '
+                 'one non-empty group label per run in evaluation.runs (runs of one recipe '
+                 'over several seeds share a label), or () for none')
 
 
 def _check_optimizer(o, where: str) -> None:
