@@ -147,7 +147,7 @@ def main():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         measures = collapse_measures(clean)
         if step % args.eval_every == 0 or step == args.steps:
             print(f'step {step}: test acc {test_accuracy():.4f} | LinR loss '

@@ -176,7 +176,8 @@ def test_linr_loss_matches_numpy_from_the_models_logits(tiny, variant, mix_space
                                                         reduction, mix_per):
     model, images, variables = tiny
     cfg = _refine_cfg(variant=variant, mix_space=mix_space, direction=direction,
-                      reduction=reduction, mix_per=mix_per, alpha=1.0)
+                      reduction=reduction, mix_per=mix_per, alpha=1.0, p2_batchnorm='running',
+                      running_stats_from='mixed')  # P2 from running statistics, as below
     key = jax.random.key(3)
     loss, (_, metrics) = linr_loss(model, cfg, params=variables['params'],
                                    p2_params=variables['params'],

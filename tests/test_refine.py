@@ -134,8 +134,13 @@ def test_collapse_guard_ends_a_collapsing_linr_phase_and_moves_on(base, tmp_path
     evaluated and the next round's classification phase runs. Off, the
     phase runs all its steps."""
     base_dir, splits, _ = base
+    # KL(P1||P2), summed over classes, is mode-seeking: it collapses onto one
+    # class (docs/results.md, study 7); the defaults' KL(P2||P1) flattens
+    # the predictions instead.
     overrides = {'refine.rounds': 2, 'refine.cls_steps': 1, 'refine.linr_steps': 40,
-                 'refine.collapse_window': 4, 'refine.linr_optimizer.learning_rate': 0.5}
+                 'refine.collapse_window': 4, 'refine.linr_optimizer.learning_rate': 0.5,
+                 'refine.direction': 'p1_p2', 'refine.reduction': 'sum',
+                 'refine.p2_batchnorm': 'running', 'refine.running_stats_from': 'mixed'}
     refine(refine_config(base_dir, **overrides), str(tmp_path / 'guarded'), splits)
     records = read_records(str(tmp_path / 'guarded'))
     collapses = [r for r in records if r['kind'] == 'collapse']

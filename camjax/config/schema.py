@@ -110,16 +110,19 @@ def base_config() -> ml_collections.ConfigDict:
     r.linr_steps = -1             # N_LinR; -1: one epoch of the training split
     r.alpha = 0.75                # a ~ Beta(alpha, alpha), b = 1 - a
     r.dis = 'kl'                  # kl (Eq. 7) | mse (Table 6)
-    r.direction = 'p1_p2'         # p1_p2: D_KL(P1||P2) as in Eq. 7 | p2_p1: P2 as pseudo-label
+    # Defaults: what the paper's PyTorch code most likely ran (README: LinR
+    # refinement, "Why these defaults"): F.kl_div(log_softmax(model(mixed)), P2)
+    # in model.train() mode.
+    r.direction = 'p2_p1'         # p2_p1: D_KL(P2||P1), kl_div(log P1, P2) | p1_p2: D_KL(P1||P2)
     r.p2_gradient = False         # True removes the stop-gradient on P2 (Table 6 ablation)
     r.mix_space = 'probs'         # P2 = a f(x) + b f(y) of probabilities | 'logits': softmax of
     #                               a z_x + b z_y (Eq. 6 does not say which f)
-    r.reduction = 'sum'           # over classes: sum (the KL) | mean (PyTorch kl_div's default)
+    r.reduction = 'mean'          # over classes: mean (PyTorch kl_div's default) | sum (the KL)
     r.log_probs = 'exact'         # log-softmax from logits | 'clipped': log(max(p, 1e-12))
     r.mix_per = 'batch'           # one a per batch (as mixup's code) | 'example'
     r.p1_batchnorm = 'batch'      # BatchNorm in the mixed (P1) pass: batch | running statistics
-    r.p2_batchnorm = 'running'    # BatchNorm in the clean (P2) pass: batch | running statistics
-    r.running_stats_from = 'mixed'  # passes that update the running statistics: mixed | clean |
+    r.p2_batchnorm = 'batch'      # BatchNorm in the clean (P2) pass: batch | running statistics
+    r.running_stats_from = 'both'  # passes that update the running statistics: mixed | clean |
     #                                 both | none (a pass must use batch statistics to update)
     r.reset_optimizer = False     # True: each phase starts its optimizer's state afresh
     r.collapse_guard = True       # end a LinR phase whose predictions collapsed (collapse.py)
