@@ -241,6 +241,7 @@ def test_torch_optimizer_follows_camjax_schedules(schedule):
         lrs.append(opt.param_groups[0]['lr'])
         opt.step()
         sched.step()
-    np.testing.assert_allclose(lrs, [float(camjax(i)) for i in range(10)], rtol=1e-6)
+    # camjax's schedule is float32: 2e-6 relative near the cosine's end.
+    np.testing.assert_allclose(lrs, [float(camjax(i)) for i in range(10)], rtol=1e-5)
     group = opt.param_groups[0]
     assert (group['momentum'], group['nesterov'], group['weight_decay']) == (0.9, True, 5e-4)

@@ -137,7 +137,7 @@ def test_collapse_guard_ends_a_collapsing_linr_phase_and_moves_on(base, tmp_path
     # KL(P1||P2), summed over classes, is mode-seeking: it collapses onto one
     # class (docs/results.md, study 7); the defaults' KL(P2||P1) flattens
     # the predictions instead.
-    overrides = {'refine.rounds': 2, 'refine.cls_steps': 1, 'refine.linr_steps': 40,
+    overrides = {'refine.rounds': 2, 'refine.cls_steps': 1, 'refine.linr_steps': 24,
                  'refine.collapse_window': 4, 'refine.linr_optimizer.learning_rate': 0.5,
                  'refine.direction': 'p1_p2', 'refine.reduction': 'sum',
                  'refine.p2_batchnorm': 'running', 'refine.running_stats_from': 'mixed'}
@@ -147,7 +147,7 @@ def test_collapse_guard_ends_a_collapsing_linr_phase_and_moves_on(base, tmp_path
     assert collapses and all(r['top_class_share'] >= 0.9 and r['phase'] == 'linr'
                              for r in collapses)
     first = collapses[0]
-    assert first['round'] == 1 and first['phase_step'] % 4 == 0 and first['phase_step'] < 40
+    assert first['round'] == 1 and first['phase_step'] % 4 == 0 and first['phase_step'] < 24
     assert 0 <= first['mean_prediction_entropy'] < 0.5 and first['mean_max_prob'] > 0.5
     # After the collapse: the round's eval, then round 2 starts with classification.
     after = records[records.index(first) + 1:]
@@ -158,7 +158,7 @@ def test_collapse_guard_ends_a_collapsing_linr_phase_and_moves_on(base, tmp_path
     assert linr_logs[0]['collapse/top_class_share'] < first['top_class_share']
     state, _ = refine(refine_config(base_dir, **overrides, **{'refine.collapse_guard': False}),
                       str(tmp_path / 'unguarded'), splits)
-    assert int(state.step) == 2 * 41
+    assert int(state.step) == 2 * 25
     assert not [r for r in read_records(str(tmp_path / 'unguarded')) if r['kind'] == 'collapse']
 
 
