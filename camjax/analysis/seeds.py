@@ -75,10 +75,8 @@ def group_runs(names, configs: dict, groups) -> dict:
     """{group: [run names]} in first-seen order, from one group label per
     run (`evaluation.groups`, parallel to `evaluation.runs`). Refuses a
     group whose runs differ in anything but their seed (NOT_RECIPE) or
-    repeat a seed: their mean would not be one recipe's."""
-    if len(groups) != len(names):
-        raise CamjaxError(f'evaluation.groups has {len(groups)} labels for {len(names)} runs; '
-                          'give one group label per run in evaluation.runs')
+    repeat a seed: their mean would not be one recipe's. (The schema has
+    checked that there is one label per run.)"""
     members = {}
     for name, group in zip(names, groups, strict=True):
         members.setdefault(group, []).append(name)
@@ -115,7 +113,7 @@ def summarize(members: dict, metrics: dict, configs: dict) -> dict:
                           'std': float(np.std(values, ddof=1)) if len(values) > 1 else None}
         out['groups'][group] = {'runs': runs, 'seeds': [int(configs[n].seed) for n in runs],
                                 'metrics': stats}
-    by_seed = {g: {int(configs[n].seed): n for n in runs} for g, runs in members.items()}
+    by_seed = {g: _by_seed(runs, configs) for g, runs in members.items()}
     for group in list(members)[1:]:
         common = sorted(set(by_seed[group]) & set(by_seed[baseline]))
         tests = {}
@@ -134,9 +132,13 @@ def seed_matched_baseline(members: dict, configs: dict) -> dict:
     the baseline group whose seed the baseline group holds: the pairs of the
     per-pair McNemar tests."""
     groups = list(members)
-    by_seed = {int(configs[n].seed): n for n in members[groups[0]]}
+    by_seed = _by_seed(members[groups[0]], configs)
     return {n: by_seed[int(configs[n].seed)] for g in groups[1:] for n in members[g]
             if int(configs[n].seed) in by_seed}
+
+
+def _by_seed(runs, configs: dict) -> dict:
+    return {int(configs[n].seed): n for n in runs}
 
 
 def report_rows(summary: dict) -> tuple[list[dict], list[dict]]:
